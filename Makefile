@@ -1,0 +1,36 @@
+# histo_exp: `make help` lists the targets.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+HOST ?= 127.0.0.1
+PORT ?= 5000
+
+.DEFAULT_GOAL := help
+
+help: ## list the targets
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	@echo "installing histo_exp and its dependencies into $(VENV) (log: $(VENV)/install.log)"
+	@{ $(BIN)/pip install --upgrade pip && $(BIN)/pip install -e '.[dev]'; } > $(VENV)/install.log 2>&1 \
+		|| { tail -n 40 $(VENV)/install.log; exit 1; }
+	touch $(STAMP)
+
+install: $(STAMP) ## create .venv and install the package with its test tools
+
+run: $(STAMP) ## run the default experiment (synthetic data, Bayesian search, MLflow)
+	$(BIN)/python -m histo_exp $(ARGS)
+
+test: $(STAMP) ## run the test suite
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+ui: $(STAMP) ## open the MLflow UI on every run made from this folder
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlruns/mlflow.db --host $(HOST) --port $(PORT)
+
+clean: ## remove run outputs and the local MLflow store (keeps .venv and the data cache)
+	rm -rf outputs multirun mlruns
+
+.PHONY: help install run test ui clean

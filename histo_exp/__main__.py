@@ -1,0 +1,26 @@
+"""``python -m histo_exp [overrides]``: the Hydra entry point, and the only place Hydra runs."""
+
+import logging
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import hydra  # noqa: E402
+from omegaconf import DictConfig, OmegaConf  # noqa: E402
+
+from histo_exp.config import CONFIG_DIR  # noqa: E402
+
+log = logging.getLogger("histo_exp")
+
+
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="config")
+def main(cfg: DictConfig) -> float:
+    """Print the resolved config, run the experiment, return test AUC (for sweepers)."""
+    from histo_exp.runner import run
+
+    log.info("config:\n%s", OmegaConf.to_yaml(cfg, resolve=True))
+    return run(cfg)["test_auc"]
+
+
+if __name__ == "__main__":
+    main()

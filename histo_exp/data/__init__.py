@@ -1,0 +1,1 @@
+"""Data stages: synthetic generation, indexing, decoding, patient split, batches."""

@@ -1,0 +1,113 @@
+"""Synthetic H&E-like patches in the exact IDC folder and file-name layout.
+
+Pink stroma with purple nuclei; IDC patches have denser, larger, darker and more irregular
+nuclei. The tumour is a region of each synthetic slide, so labels are spatially coherent,
+and each patient has its own stain tint, so a patient-level split matters. Appearance is
+driven by a noisy tumour intensity, so the classes overlap: learnable, not trivial.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+PATCH = 50
+EOSIN = np.array([232.0, 158.0, 200.0])
+HEMATOXYLIN = np.array([105.0, 60.0, 150.0])
+DONE = "synthetic.json"
+
+
+@dataclass(frozen=True)
+class SyntheticSpec:
+    """What a synthetic dataset is made from; the same spec always makes the same files."""
+
+    patients: int = 12
+    patches_per_patient: int = 150
+    seed: int = 0
+    first_patient_id: int = 90001
+
+
+def _patient_slide(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Grid cells of the patient's tissue and each cell's tumour intensity in [0, 1]."""
+    side = int(np.ceil(np.sqrt(n / 0.8)))
+    cells = np.stack(np.divmod(rng.permutation(side * side)[:n], side), axis=1)
+    share = rng.uniform(0.12, 0.6)
+    centre = rng.uniform(0.25, 0.75, size=2) * side
+    radii = np.sqrt(share * side * side / np.pi) * np.array([1.0, rng.uniform(0.6, 1.4)])
+    d = np.sqrt((((cells + 0.5 - centre) / radii) ** 2).sum(axis=1))
+    intensity = 1.0 / (1.0 + np.exp((d - 1.0) * 6.0))
+    return cells, intensity
+
+
+def _render(rng: np.random.Generator, t: float, tint: np.ndarray, width: int) -> np.ndarray:
+    """One RGB patch for a tumour intensity ``t`` (0 = benign stroma, 1 = IDC)."""
+    t = float(np.clip(t + rng.normal(0.0, 0.3), 0.0, 1.0))
+    low = cv2.resize(rng.normal(0.0, 1.0, (6, 6)), (PATCH, PATCH), interpolation=cv2.INTER_CUBIC)
+    img = EOSIN * tint[0] * (1.0 - 0.12 * t) + low[..., None] * 14.0
+    for _ in range(rng.integers(0, 3)):
+        if rng.random() < 0.35:
+            c = tuple(int(v) for v in rng.integers(0, PATCH, 2))
+            cv2.circle(img, c, int(rng.integers(4, 12)), (248.0, 244.0, 246.0), -1)
+    for _ in range(rng.integers(2, 6)):
+        p0, p1 = rng.integers(-10, PATCH + 10, (2, 2))
+        cv2.line(img, tuple(map(int, p0)), tuple(map(int, p1)), tuple(EOSIN * tint[0] * 0.85),
+                 int(rng.integers(1, 3)))
+    count = rng.poisson(9.0 + 24.0 * t)
+    radius = 1.3 + 1.1 * t
+    irregular = 0.08 + 0.35 * t
+    dark = HEMATOXYLIN * tint[1] * (1.05 - 0.25 * t)
+    angles = np.linspace(0.0, 2 * np.pi, 10, endpoint=False)
+    for _ in range(count):
+        centre = rng.uniform(0, PATCH, 2)
+        r = radius * rng.uniform(0.7, 1.3) * (1.0 + irregular * rng.normal(0.0, 1.0, angles.size))
+        r = np.clip(r, 0.8, None) * np.array([[1.0], [rng.uniform(0.6, 1.0)]])
+        rot = rng.uniform(0, np.pi)
+        xs = centre[0] + r[0] * np.cos(angles + rot)
+        ys = centre[1] + r[1] * np.sin(angles + rot)
+        pts = np.round(np.stack([xs, ys], axis=1)).astype(np.int32)
+        cv2.fillPoly(img, [pts], tuple(dark * rng.uniform(0.85, 1.15)))
+    img = cv2.GaussianBlur(img, (0, 0), 0.7) + rng.normal(0.0, 5.0, img.shape)
+    return np.clip(img[:, :width], 0, 255).astype(np.uint8)
+
+
+def generate(root: Path, spec: SyntheticSpec) -> Path:
+    """Write the dataset under ``root`` unless a complete copy of this spec is there.
+
+    Files go to a temporary sibling first and are moved into place at the end, so a killed
+    run never leaves a half-made dataset that looks complete.
+    """
+    root = Path(root)
+    done = root / DONE
+    if done.exists():
+        if json.loads(done.read_text()) == asdict(spec):
+            return root
+        raise FileExistsError(
+            f"{root} holds a synthetic dataset made from another spec; remove it or pick "
+            "another data.root"
+        )
+    tmp = root.with_name(root.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    for k in range(spec.patients):
+        pid = str(spec.first_patient_id + k)
+        rng = np.random.default_rng([spec.seed, k])
+        tint = rng.normal(1.0, 0.07, (2, 3)).clip(0.75, 1.25)
+        cells, intensity = _patient_slide(rng, spec.patches_per_patient)
+        edge = cells[:, 1].max()
+        for (row, col), t in zip(cells, intensity):
+            label = int(t > 0.5)
+            width = int(rng.integers(30, PATCH)) if col == edge and rng.random() < 0.5 else PATCH
+            patch = _render(rng, t, tint, width)
+            folder = tmp / pid / str(label)
+            folder.mkdir(parents=True, exist_ok=True)
+            name = f"{pid}_idx5_x{col * PATCH + 1}_y{row * PATCH + 1}_class{label}.png"
+            cv2.imwrite(str(folder / name), cv2.cvtColor(patch, cv2.COLOR_RGB2BGR))
+    (tmp / DONE).write_text(json.dumps(asdict(spec)))
+    shutil.rmtree(root, ignore_errors=True)
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp.rename(root)
+    return root

@@ -1,0 +1,1 @@
+"""The CNN and the KerasTuner HyperModel that searches over it."""

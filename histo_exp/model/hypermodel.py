@@ -1,0 +1,82 @@
+"""KerasTuner HyperModel: the model and optimizer config groups become one search space."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import keras
+import keras_tuner as kt
+from hydra.utils import instantiate
+
+from histo_exp.model.cnn import IdcAUC, build_cnn, max_blocks
+from histo_exp.space import sample, to_plain
+
+log = logging.getLogger(__name__)
+
+
+def bound_blocks(model_cfg: Mapping, image_size: int) -> dict:
+    """Cap the ``blocks`` range so the pooled side never reaches 0 at this image size."""
+    model = dict(to_plain(model_cfg))
+    limit = max_blocks(image_size)
+    blocks = model.get("blocks")
+    if isinstance(blocks, Mapping) and "max" in blocks and blocks["max"] > limit:
+        if blocks["min"] > limit:
+            raise ValueError(
+                f"model.blocks min={blocks['min']} does not fit {image_size}px images "
+                f"(at most {limit} blocks)"
+            )
+        log.warning("model.blocks max %s capped to %s for %spx images", blocks["max"], limit,
+                    image_size)
+        model["blocks"] = {**blocks, "max": limit}
+    elif isinstance(blocks, Mapping) and "choice" in blocks:
+        fitting = [b for b in blocks["choice"] if b <= limit]
+        if not fitting:
+            raise ValueError(f"no model.blocks choice fits {image_size}px images (max {limit})")
+        model["blocks"] = {**blocks, "choice": fitting}
+    return model
+
+
+class CNNHyperModel(kt.HyperModel):
+    """Builds and compiles the CNN for one trial's hyperparameters and fits it."""
+
+    def __init__(
+        self,
+        model_cfg: Mapping,
+        optimizer_cfg: Mapping,
+        input_shape: Sequence[int],
+        epochs: int = 3,
+        early_stopping_patience: int | None = None,
+        class_weight: Mapping[int, float] | None = None,
+    ) -> None:
+        super().__init__(name=str(to_plain(model_cfg).get("name", "cnn")))
+        self.model_cfg = bound_blocks(model_cfg, min(input_shape[:2]))
+        self.optimizer_cfg = dict(to_plain(optimizer_cfg))
+        self.input_shape = tuple(input_shape)
+        self.epochs = epochs
+        self.early_stopping_patience = early_stopping_patience
+        self.class_weight = dict(class_weight) if class_weight else None
+
+    def build(self, hp: kt.HyperParameters) -> keras.Model:
+        params = sample(hp, self.model_cfg)
+        model = build_cnn(self.input_shape, **params)
+        optimizer = instantiate(sample(hp, self.optimizer_cfg))
+        model.compile(
+            optimizer=optimizer,
+            loss=keras.losses.BinaryCrossentropy(),
+            metrics=[IdcAUC(name="auc")],
+        )
+        return model
+
+    def fit(self, hp: kt.HyperParameters, model: keras.Model, *args: Any, **kwargs: Any):
+        kwargs.setdefault("epochs", self.epochs)
+        kwargs.setdefault("class_weight", self.class_weight)
+        if self.early_stopping_patience:
+            kwargs["callbacks"] = [
+                *kwargs.get("callbacks", []),
+                keras.callbacks.EarlyStopping(
+                    monitor="val_auc", mode="max", patience=self.early_stopping_patience
+                ),
+            ]
+        return model.fit(*args, **kwargs)

@@ -1,0 +1,98 @@
+"""One experiment: data -> KerasTuner search -> best model on test patients -> tracker."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+from typing import Any
+
+import keras
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from histo_exp.data.batches import PatchBatches
+from histo_exp.data.dataset import PatchData, load
+from histo_exp.evaluate import plot_roc, predict
+from histo_exp.model.hypermodel import CNNHyperModel
+from histo_exp.tracking import NullTracker, flatten
+from histo_exp.tuning import build_tuner, format_hparams
+
+log = logging.getLogger(__name__)
+
+
+def make_batches(data: PatchData, part: str, batch_size: int, seed: int, augment: bool = False) -> PatchBatches:
+    """Batches of one split part; only training shuffles (and augments when asked)."""
+    train = part == "train"
+    return PatchBatches(
+        data.images, data.labels, getattr(data.split, part), batch_size,
+        shuffle=train, augment=train and augment, seed=seed,
+    )
+
+
+def search(cfg: DictConfig, data: PatchData, tracker: NullTracker) -> tuple[keras.Model, Any]:
+    """Run the tuner over the config's search space; returns the best model and its trial."""
+    trainer = cfg.trainer
+    hypermodel = CNNHyperModel(
+        cfg.model, cfg.optimizer, data.input_shape, epochs=int(trainer.epochs),
+        early_stopping_patience=trainer.get("early_stopping_patience"),
+    )
+    tuner = build_tuner(cfg.tuner, hypermodel, tracker)
+    tuner.search(
+        make_batches(data, "train", trainer.batch_size, cfg.seed, cfg.data.get("augment", False)),
+        validation_data=make_batches(data, "val", trainer.batch_size, cfg.seed),
+        verbose=int(trainer.verbose),
+    )
+    best = tuner.oracle.get_best_trials(1)
+    if not best or best[0].score is None:
+        raise RuntimeError(
+            "every trial failed, so there is no best model; the trial errors are in the log "
+            "above and on the trial runs in MLflow"
+        )
+    with warnings.catch_warnings():  # reloading weights only: the optimizer state is not needed
+        warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
+        model = tuner.get_best_models(1)[0]
+    return model, best[0]
+
+
+def run(cfg: DictConfig) -> dict[str, float]:
+    """Run the configured experiment and return its headline metrics."""
+    keras.utils.set_random_seed(int(cfg.seed))
+    out = Path(cfg.paths.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    data = load(cfg.data)
+    log.info("data:\n%s", data.summary())
+    tracker = instantiate(cfg.logger)
+    tracker.start_search(
+        flatten(OmegaConf.to_container(cfg, resolve=True)),
+        OmegaConf.to_yaml(cfg, resolve=True),
+        run_name=f"{cfg.task_name}-{cfg.optimizer.name}",
+    )
+    status = "FAILED"
+    try:
+        model, trial = search(cfg, data, tracker)
+        test = predict(model, make_batches(data, "test", cfg.trainer.batch_size, cfg.seed))
+        metrics = {"best_val_auc": float(trial.score), "test_auc": test.auc}
+        model_path = out / "best_model.keras"
+        model.save(model_path)
+        tracker.log_metrics(metrics)
+        tracker.log_artifact(model_path, "model")
+        tracker.log_artifact(plot_roc(test, out / "roc.png"))
+        if data.skipped:
+            report = out / "skipped_files.txt"
+            report.write_text("".join(f"{p}\t{why}\n" for p, why in sorted(data.skipped.items())))
+            tracker.log_artifact(report)
+        status = "FINISHED"
+        log.info(
+            "best trial %s: val_auc=%.4f  [%s]\ntest AUC (held-out patients): %.4f\noutputs: %s\n%s",
+            trial.trial_id, trial.score, format_hparams(trial.hyperparameters.values),
+            test.auc, out, tracker.describe(),
+        )
+        if data.skipped:
+            log.warning("%d files were skipped (listed in %s)", len(data.skipped), report)
+        return metrics
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        tracker.end_search(status)

@@ -1,0 +1,132 @@
+"""Experiment tracking: one MLflow run per search, one nested run per KerasTuner trial.
+
+The only module that knows MLflow. ``NullTracker`` (``logger=none``) has the same methods
+and records nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from mlflow.entities import Metric, Param
+from mlflow.tracking import MlflowClient
+
+log = logging.getLogger(__name__)
+
+ROLE = "histo_exp.role"
+ERROR = "histo_exp.error"
+MAX_TAG = 5000
+
+
+def flatten(tree: Mapping, prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``; lists stay whole values."""
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            out.update(flatten(value, name + "."))
+        else:
+            out[name] = value
+    return out
+
+
+class NullTracker:
+    """Records nothing (``logger=none``)."""
+
+    search_run_id: str | None = None
+
+    def start_search(self, params: Mapping[str, Any], config_yaml: str, run_name: str) -> None: ...
+    def start_trial(self, trial_id: str, hparams: Mapping[str, Any]) -> None: ...
+    def log_epoch(self, epoch: int, metrics: Mapping[str, float]) -> None: ...
+    def end_trial(self, status: str, metrics: Mapping[str, float], error: str | None = None) -> None: ...
+    def log_metrics(self, metrics: Mapping[str, float]) -> None: ...
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None: ...
+    def end_search(self, status: str) -> None: ...
+
+    def describe(self) -> str:
+        return "tracking is off (logger=none)"
+
+
+class MlflowTracker(NullTracker):
+    """Logs through ``MlflowClient`` with explicit run ids, so nothing depends on a global run."""
+
+    def __init__(self, tracking_uri: str, experiment_name: str, artifact_location: str | None = None):
+        self.tracking_uri = tracking_uri
+        self.experiment_name = experiment_name
+        if tracking_uri.startswith("sqlite:///"):
+            Path(tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        self.client = MlflowClient(tracking_uri=tracking_uri)
+        self.experiment_id = self._experiment(artifact_location)
+        self.search_run_id: str | None = None
+        self.trial_run_id: str | None = None
+
+    def _experiment(self, artifact_location: str | None) -> str:
+        found = self.client.get_experiment_by_name(self.experiment_name)
+        if found is not None:
+            return found.experiment_id
+        location = Path(artifact_location).absolute().as_uri() if artifact_location else None
+        try:
+            return self.client.create_experiment(self.experiment_name, artifact_location=location)
+        except Exception:  # created meanwhile by a parallel job
+            found = self.client.get_experiment_by_name(self.experiment_name)
+            if found is None:
+                raise
+            return found.experiment_id
+
+    def start_search(self, params: Mapping[str, Any], config_yaml: str, run_name: str) -> None:
+        run = self.client.create_run(self.experiment_id, run_name=run_name, tags={ROLE: "search"})
+        self.search_run_id = run.info.run_id
+        items = [Param(k, str(v)[:6000]) for k, v in params.items()]
+        for i in range(0, len(items), 100):
+            self.client.log_batch(self.search_run_id, params=items[i : i + 100])
+        self.client.log_text(self.search_run_id, config_yaml, "config.yaml")
+
+    def start_trial(self, trial_id: str, hparams: Mapping[str, Any]) -> None:
+        run = self.client.create_run(
+            self.experiment_id,
+            run_name=f"trial-{trial_id}",
+            tags={ROLE: "trial", "mlflow.parentRunId": self.search_run_id, "histo_exp.trial_id": trial_id},
+        )
+        self.trial_run_id = run.info.run_id
+        self.client.log_batch(self.trial_run_id, params=[Param(k, str(v)) for k, v in hparams.items()])
+
+    def log_epoch(self, epoch: int, metrics: Mapping[str, float]) -> None:
+        if self.trial_run_id:
+            self._log(self.trial_run_id, metrics, step=epoch)
+
+    def end_trial(self, status: str, metrics: Mapping[str, float], error: str | None = None) -> None:
+        if not self.trial_run_id:
+            return
+        if metrics:
+            self._log(self.trial_run_id, metrics)
+        if error:
+            self.client.set_tag(self.trial_run_id, ERROR, error[-MAX_TAG:])
+        self.client.set_terminated(self.trial_run_id, status=status)
+        self.trial_run_id = None
+
+    def log_metrics(self, metrics: Mapping[str, float]) -> None:
+        self._log(self.search_run_id, metrics)
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        self.client.log_artifact(self.search_run_id, str(path), artifact_path)
+
+    def end_search(self, status: str) -> None:
+        if self.trial_run_id:
+            self.end_trial(status, {})
+        if self.search_run_id:
+            self.client.set_terminated(self.search_run_id, status=status)
+
+    def describe(self) -> str:
+        store = self.tracking_uri
+        if store.startswith(("http://", "https://")):
+            return f"MLflow UI: {store}"
+        return f"MLflow UI: make ui   (or: mlflow ui --backend-store-uri {store})"
+
+    def _log(self, run_id: str, metrics: Mapping[str, float], step: int = 0) -> None:
+        now = int(time.time() * 1000)
+        batch = [Metric(k, float(v), now, step) for k, v in metrics.items() if v is not None]
+        self.client.log_batch(run_id, metrics=batch)

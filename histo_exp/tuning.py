@@ -1,0 +1,91 @@
+"""KerasTuner tuners that report every trial to a tracker, built from the ``tuner`` config."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import keras_tuner as kt
+from hydra.utils import instantiate
+
+from histo_exp.space import to_plain
+from histo_exp.tracking import NullTracker
+
+log = logging.getLogger(__name__)
+
+STATUS = {"COMPLETED": "FINISHED", "FAILED": "FAILED", "INVALID": "FAILED", "STOPPED": "KILLED"}
+
+
+def format_hparams(values: Mapping[str, Any]) -> str:
+    """``a=1 b=0.001`` with floats kept short."""
+    return " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items())
+
+
+class TrackedTuner:
+    """Mixin for a KerasTuner tuner: one tracker trial per KerasTuner trial, and a log line.
+
+    Uses KerasTuner's own trial hooks, so failed trials (which KerasTuner catches and marks
+    FAILED or INVALID) are recorded and the search goes on.
+    """
+
+    def __init__(self, *args: Any, tracker: NullTracker | None = None, **kwargs: Any) -> None:
+        self.tracker = tracker or NullTracker()
+        super().__init__(*args, **kwargs)
+
+    def on_search_begin(self) -> None:
+        super().on_search_begin()
+        self.oracle.verbose = 0  # our own trial lines replace KerasTuner's tables; fit keeps its bar
+
+    def on_trial_begin(self, trial: kt.engine.trial.Trial) -> None:
+        super().on_trial_begin(trial)
+        log.info("trial %s of at most %s", trial.trial_id, self.oracle.max_trials or "?")
+        self.tracker.start_trial(trial.trial_id, trial.hyperparameters.values)
+
+    def on_epoch_end(self, trial, model, epoch, logs=None) -> None:
+        super().on_epoch_end(trial, model, epoch, logs=logs)
+        self.tracker.log_epoch(epoch, logs or {})
+
+    def on_trial_end(self, trial: kt.engine.trial.Trial) -> None:
+        super().on_trial_end(trial)
+        status = STATUS.get(str(trial.status), "FAILED")
+        score = trial.score
+        metrics = {self.oracle.objective.name: score} if score is not None else {}
+        self.tracker.end_trial(status, metrics, error=trial.message)
+        shown = f"{score:.4f}" if score is not None else "n/a"
+        line = f"trial {trial.trial_id} {trial.status.lower()}: {self.oracle.objective.name}={shown}"
+        best = self.oracle.get_best_trials(1)
+        if best and best[0].score is not None:
+            line += f" (best so far {best[0].score:.4f}, trial {best[0].trial_id})"
+        line += f"  [{format_hparams(trial.hyperparameters.values)}]"
+        if trial.message:
+            line += f"\n  error: {trial.message.strip().splitlines()[-1]}"
+        log.info(line)
+
+
+class BayesianOptimization(TrackedTuner, kt.BayesianOptimization):
+    """KerasTuner's Bayesian optimization (Gaussian process) with tracking."""
+
+
+class RandomSearch(TrackedTuner, kt.RandomSearch):
+    """KerasTuner's random search with tracking."""
+
+
+class Hyperband(TrackedTuner, kt.Hyperband):
+    """KerasTuner's Hyperband with tracking."""
+
+
+def build_tuner(cfg: Mapping, hypermodel: kt.HyperModel, tracker: NullTracker) -> kt.Tuner:
+    """Instantiate the configured tuner; an existing tuner folder is resumed only on purpose."""
+    cfg = dict(to_plain(cfg))
+    folder = Path(cfg["directory"]) / cfg["project_name"]
+    if folder.exists():
+        if cfg.get("overwrite"):
+            log.info("tuner.overwrite=true: starting over in %s", folder)
+            shutil.rmtree(folder)
+        else:
+            log.warning("resuming the search saved in %s (set tuner.overwrite=true to start over)",
+                        folder)
+    return instantiate(cfg, hypermodel=hypermodel, tracker=tracker)
