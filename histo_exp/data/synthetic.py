@@ -27,7 +27,7 @@ class SyntheticSpec:
     """What a synthetic dataset is made from; the same spec always makes the same files."""
 
     patients: int = 12
-    patches_per_patient: int = 150
+    patches_per_patient: int = 200
     seed: int = 0
     first_patient_id: int = 90001
 
@@ -46,7 +46,7 @@ def _patient_slide(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.nda
 
 def _render(rng: np.random.Generator, t: float, tint: np.ndarray, width: int) -> np.ndarray:
     """One RGB patch for a tumour intensity ``t`` (0 = benign stroma, 1 = IDC)."""
-    t = float(np.clip(t + rng.normal(0.0, 0.3), 0.0, 1.0))
+    t = float(np.clip(t + rng.normal(0.0, 0.2), 0.0, 1.0))
     low = cv2.resize(rng.normal(0.0, 1.0, (6, 6)), (PATCH, PATCH), interpolation=cv2.INTER_CUBIC)
     img = EOSIN * tint[0] * (1.0 - 0.12 * t) + low[..., None] * 14.0
     for _ in range(rng.integers(0, 3)):
@@ -57,7 +57,7 @@ def _render(rng: np.random.Generator, t: float, tint: np.ndarray, width: int) ->
         p0, p1 = rng.integers(-10, PATCH + 10, (2, 2))
         cv2.line(img, tuple(map(int, p0)), tuple(map(int, p1)), tuple(EOSIN * tint[0] * 0.85),
                  int(rng.integers(1, 3)))
-    count = rng.poisson(9.0 + 24.0 * t)
+    count = rng.poisson(8.0 + 28.0 * t)
     radius = 1.3 + 1.1 * t
     irregular = 0.08 + 0.35 * t
     dark = HEMATOXYLIN * tint[1] * (1.05 - 0.25 * t)

@@ -1,0 +1,72 @@
+"""Shared fixtures: composed configs (Hydra compose API), tiny datasets, the CLI."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import DictConfig
+
+from histo_exp.config import CONFIG_DIR
+from histo_exp.data.synthetic import SyntheticSpec, generate
+
+REPO = Path(__file__).resolve().parents[1]
+IDC_MINI = REPO.parent / "shared" / "data" / "idc-mini"
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory) -> Path:
+    """One data cache for the whole session, so synthetic sets are made once."""
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(scope="session")
+def tiny_root(cache_dir) -> Path:
+    """A tiny synthetic dataset in the IDC layout (6 patients x 40 patches)."""
+    return generate(cache_dir / "tiny", SyntheticSpec(patients=6, patches_per_patient=40, seed=3))
+
+
+@pytest.fixture
+def compose_cfg(tmp_path, cache_dir) -> Callable[..., DictConfig]:
+    """Compose the real config with overrides; paths point into this test's tmp folder."""
+
+    def _compose(*overrides: str) -> DictConfig:
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+            return compose(
+                "config",
+                overrides=[
+                    f"paths.work_dir={tmp_path}",
+                    f"paths.output_dir={tmp_path}/out",
+                    f"paths.cache_dir={cache_dir}",
+                    *overrides,
+                ],
+            )
+
+    yield _compose
+    GlobalHydra.instance().clear()
+
+
+def cli_env(cache_dir: Path) -> dict[str, str]:
+    env = {**os.environ, "HISTO_EXP_CACHE": str(cache_dir), "PYTHONUNBUFFERED": "1"}
+    env.pop("PYTEST_CURRENT_TEST", None)
+    return env
+
+
+@pytest.fixture
+def run_cli(tmp_path, cache_dir) -> Callable[..., subprocess.CompletedProcess]:
+    """Run ``python -m histo_exp`` as a user would, from a folder other than the repo."""
+
+    def _run(args: Sequence[str], timeout: int = 300) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "histo_exp", *args],
+            cwd=tmp_path, env=cli_env(cache_dir), capture_output=True, text=True, timeout=timeout,
+        )
+
+    return _run

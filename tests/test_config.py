@@ -1,0 +1,84 @@
+"""Every config group composes and builds what it describes; CLI-style overrides work."""
+
+import keras_tuner as kt
+import pytest
+from hydra.errors import ConfigCompositionException
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from histo_exp.model.hypermodel import CNNHyperModel
+from histo_exp.space import sample
+from histo_exp.tracking import MlflowTracker, NullTracker
+from histo_exp.tuning import build_tuner
+
+
+def test_defaults_are_synthetic_cnn_adam_bayesian_mlflow(compose_cfg, tmp_path):
+    cfg = compose_cfg()
+    choices = (cfg.data.name, cfg.model.name, cfg.optimizer.name)
+    assert choices == ("synthetic", "cnn", "adam")
+    assert cfg.tuner._target_.endswith("BayesianOptimization") and cfg.tuner.max_trials == 10
+    assert cfg.tuner.objective.name == "val_auc" and cfg.tuner.objective.direction == "max"
+    assert cfg.logger.tracking_uri == f"sqlite:///{tmp_path}/mlruns/mlflow.db"
+    assert cfg.data.image_size == 50 and cfg.data.color == "rgb"
+    OmegaConf.resolve(cfg)  # every interpolation resolves
+
+
+@pytest.mark.parametrize("optimizer, cls, searched", [
+    ("adam", "Adam", {"learning_rate"}),
+    ("rmsprop", "RMSprop", {"learning_rate", "rho"}),
+    ("sgd", "SGD", {"learning_rate", "momentum"}),
+])
+def test_optimizer_groups_build_keras_optimizers(compose_cfg, optimizer, cls, searched):
+    cfg = compose_cfg(f"optimizer={optimizer}")
+    hp = kt.HyperParameters()
+    opt = instantiate(sample(hp, cfg.optimizer))
+    assert type(opt).__name__ == cls
+    assert {h.name for h in hp.space} == searched
+    lr = hp.space[0]
+    assert lr.name == "learning_rate" and lr.sampling == "log"
+
+
+def test_adam_fixes_betas_and_epsilon_unless_overridden(compose_cfg):
+    opt = instantiate(sample(kt.HyperParameters(), compose_cfg("optimizer.beta_1=0.8").optimizer))
+    assert (opt.beta_1, opt.beta_2, opt.epsilon) == (0.8, 0.999, 1e-8)
+
+
+@pytest.mark.parametrize("tuner, cls", [
+    ("bayesian", "BayesianOptimization"), ("random", "RandomSearch"), ("hyperband", "Hyperband"),
+])
+def test_tuner_groups_build_tracked_keras_tuners(compose_cfg, tuner, cls):
+    cfg = compose_cfg(f"tuner={tuner}", "debug=fast")
+    hypermodel = CNNHyperModel(cfg.model, cfg.optimizer, (32, 32, 3))
+    built = build_tuner(cfg.tuner, hypermodel, NullTracker())
+    assert isinstance(built, getattr(kt, cls))
+    assert built.oracle.objective.name == "val_auc" and built.oracle.objective.direction == "max"
+
+
+def test_logger_groups(compose_cfg, tmp_path):
+    tracker = instantiate(compose_cfg().logger)
+    assert isinstance(tracker, MlflowTracker)
+    assert (tmp_path / "mlruns" / "mlflow.db").exists()
+    assert type(instantiate(compose_cfg("logger=none").logger)) is NullTracker
+
+
+def test_data_idc_and_the_original_method_experiment(compose_cfg):
+    cfg = compose_cfg("data=idc", "data.root=/data/IDC")
+    assert cfg.data.root == "/data/IDC" and "synthetic" not in cfg.data
+    cfg = compose_cfg("experiment=idc_original", "data.root=/data/IDC")
+    assert cfg.data.name == "idc" and cfg.data.color == "gray" and cfg.model.blocks.max == 5
+
+
+def test_command_line_changes_the_search_space(compose_cfg):
+    cfg = compose_cfg("model.dropout={min: 0.1, max: 0.5}", "optimizer.learning_rate=1e-3")
+    hp = kt.HyperParameters()
+    assert sample(hp, cfg.optimizer)["learning_rate"] == 1e-3
+    sample(hp, cfg.model)
+    dropout = next(h for h in hp.space if h.name == "dropout")
+    assert (dropout.min_value, dropout.max_value) == (0.1, 0.5)
+    assert "learning_rate" not in {h.name for h in hp.space}
+
+
+def test_unknown_group_option_lists_the_choices(compose_cfg):
+    with pytest.raises(ConfigCompositionException) as err:
+        compose_cfg("optimizer=adamw")
+    assert "adam" in str(err.value) and "rmsprop" in str(err.value) and "sgd" in str(err.value)

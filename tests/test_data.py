@@ -1,0 +1,153 @@
+"""Indexing, decoding, splitting and batching of IDC-layout folders."""
+
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from histo_exp.data.batches import PatchBatches
+from histo_exp.data.dataset import load
+from histo_exp.data.decode import decode, fit_patch
+from histo_exp.data.index import DatasetError, index
+from histo_exp.data.split import split_by_patient
+from histo_exp.data.synthetic import SyntheticSpec, generate
+
+
+def data_cfg(root: Path, **extra) -> dict:
+    return {"root": str(root), "image_size": 50, "color": "rgb", "small_patches": "pad",
+            "val_fraction": 0.2, "test_fraction": 0.2, "seed": 0, "workers": 2, **extra}
+
+
+def write_patch(root: Path, patient: str, label: int, x: int = 1, y: int = 1, size=(50, 50)) -> Path:
+    folder = root / patient / str(label)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{patient}_idx5_x{x}_y{y}_class{label}.png"
+    cv2.imwrite(str(path), np.full((*size, 3), 120 + 60 * label, dtype=np.uint8))
+    return path
+
+
+def test_synthetic_set_has_the_idc_layout_and_is_deterministic(tmp_path):
+    spec = SyntheticSpec(patients=3, patches_per_patient=20, seed=5)
+    a, b = generate(tmp_path / "a", spec), generate(tmp_path / "b", spec)
+    ma, mb = index(a), index(b)
+    assert len(ma) == 60 and set(ma.patients) == {"90001", "90002", "90003"}
+    assert ma.paths == mb.paths
+    assert all(Path(p).parent.name == Path(p).stem[-1] for p in ma.paths)
+    first = cv2.imread(str(a / ma.paths[0]))
+    assert np.array_equal(first, cv2.imread(str(b / mb.paths[0])))
+    assert generate(a, spec) == a  # reused, not remade
+
+
+def test_index_parses_names_and_ignores_other_files(tiny_root, tmp_path):
+    root = tmp_path / "copy"
+    shutil.copytree(tiny_root, root)
+    (root / "90001" / "0" / "notes.txt").write_text("not an image")
+    (root / "90002" / "1" / "Thumbs.db").write_bytes(b"\0")
+    m = index(root)
+    assert len(m) == 240 and len(m.ignored) == 2
+    assert m.labels.dtype == np.int8 and set(np.unique(m.labels)) == {0, 1}
+    assert m.x.min() >= 1
+    assert m.fingerprint == index(tiny_root).fingerprint  # only images enter the fingerprint
+
+
+def test_index_steps_into_the_kaggle_top_folder(tmp_path):
+    top = tmp_path / "archive" / "IDC_regular_ps50_idx5"
+    write_patch(top, "10253", 0)
+    write_patch(top, "10253", 1, x=51)
+    m = index(tmp_path / "archive")
+    assert len(m) == 2 and m.root == top
+
+
+def test_label_folder_and_file_name_must_agree(tmp_path):
+    path = write_patch(tmp_path, "8863", 1)
+    path.rename(tmp_path / "8863" / "1" / "8863_idx5_x1_y1_class0.png")
+    with pytest.raises(DatasetError, match="8863_idx5_x1_y1_class0.png.*class0.*folder 1"):
+        index(tmp_path)
+
+
+def test_missing_or_empty_root_names_the_path_and_the_layout(tmp_path):
+    with pytest.raises(DatasetError, match="nowhere.*does not exist.*<patient_id>/<0\\|1>"):
+        index(tmp_path / "nowhere")
+    (tmp_path / "8863" / "0").mkdir(parents=True)  # an empty patient folder
+    with pytest.raises(DatasetError, match="no patches found.*expected <root>/<patient_id>"):
+        index(tmp_path)
+
+
+def test_one_class_or_too_few_patients_cannot_be_split(tmp_path):
+    labels = np.zeros(10, dtype=np.int8)
+    with pytest.raises(DatasetError, match="all 10 patches are class 0"):
+        split_by_patient(labels, np.repeat(["a", "b", "c", "d", "e"], 2), 0.2, 0.2, 0)
+    labels = np.array([0, 1] * 5, dtype=np.int8)
+    with pytest.raises(DatasetError, match="found 2 patient.*at least 3"):
+        split_by_patient(labels, np.repeat(["a", "b"], 5), 0.2, 0.2, 0)
+
+
+def test_patient_split_never_leaks_and_is_deterministic(tiny_root):
+    m = index(tiny_root)
+    a = split_by_patient(m.labels, m.patients, 0.2, 0.2, seed=7)
+    b = split_by_patient(m.labels, m.patients, 0.2, 0.2, seed=7)
+    parts = [set(m.patients[getattr(a, p)]) for p in ("train", "val", "test")]
+    assert not (parts[0] & parts[1] or parts[0] & parts[2] or parts[1] & parts[2])
+    assert sum(map(len, parts)) == 6
+    assert sorted(np.concatenate([a.train, a.val, a.test])) == list(range(len(m)))
+    assert all(np.array_equal(getattr(a, p), getattr(b, p)) for p in ("train", "val", "test"))
+    for p in ("train", "val", "test"):
+        assert set(m.labels[getattr(a, p)]) == {0, 1}
+    assert set(a.patients(m.patients).values()) == {"train", "val", "test"}
+
+
+def test_unreadable_files_are_skipped_and_reported(tiny_root, tmp_path):
+    root = tmp_path / "copy"
+    shutil.copytree(tiny_root, root)
+    m = index(root)
+    (root / m.paths[0]).write_bytes(b"")  # zero bytes
+    truncated = root / m.paths[1]
+    truncated.write_bytes(truncated.read_bytes()[:40])
+    data = load(data_cfg(root), progress=False)
+    assert set(data.skipped) == {m.paths[0], m.paths[1]}
+    assert len(data.labels) == len(m) - 2 == len(data.images)
+
+
+@pytest.mark.parametrize("policy, shape, kept", [
+    ("pad", (50, 50, 3), True), ("resize", (50, 50, 3), True), ("drop", None, False),
+])
+def test_small_slide_edge_patches(policy, shape, kept):
+    small = np.zeros((42, 50, 3), dtype=np.uint8)
+    out, done = fit_patch(small, 50, policy)
+    assert (out is not None) == kept
+    if kept:
+        assert out.shape == shape
+    if policy == "pad":
+        assert done == "padded" and (out[42:] == 255).all() and (out[:42] == 0).all()
+
+
+def test_decode_gray_and_rgb_keep_uint8(tiny_root):
+    m = index(tiny_root)
+    rgb = decode(m, 32, "rgb", progress=False)
+    gray = decode(m, 32, "gray", progress=False)
+    assert rgb.images.shape == (240, 32, 32, 3) and gray.images.shape == (240, 32, 32, 1)
+    assert rgb.images.dtype == gray.images.dtype == np.uint8
+    full = cv2.cvtColor(cv2.imread(str(m.root / m.paths[5])), cv2.COLOR_BGR2RGB)
+    assert np.array_equal(decode(m, 50, "rgb", progress=False).images[5], fit_patch(full, 50, "pad")[0])
+
+
+def test_batches_equal_the_decoded_images_and_augment_only_training():
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (20, 8, 8, 3), dtype=np.uint8)
+    labels = rng.integers(0, 2, 20).astype(np.int8)
+    idx = np.arange(3, 17)
+    val = PatchBatches(images, labels, idx, 5)
+    xs, ys = zip(*(val[i] for i in range(len(val))))
+    assert np.array_equal(np.concatenate(xs), images[idx])
+    assert np.array_equal(np.concatenate(ys).argmax(1), labels[idx]) and len(val) == 3
+    train = PatchBatches(images, labels, idx, 14, shuffle=True, augment=True, seed=1)
+    x, y = train[0]
+    assert x.shape == (14, 8, 8, 3) and x.dtype == np.uint8 and y.shape == (14, 2)
+    sorted_idx = np.sort(idx)
+    for img, label, i in zip(x, y.argmax(1), sorted_idx):
+        variants = [np.rot90(images[i], k) for k in range(4)]
+        variants += [v[:, ::-1] for v in variants]
+        assert any(np.array_equal(img, v) for v in variants) and label == labels[i]
+    assert not all(np.array_equal(a, images[i]) for a, i in zip(x, sorted_idx))
