@@ -19,7 +19,11 @@ def main(cfg: DictConfig) -> float:
     from histo_exp.runner import run
 
     log.info("config:\n%s", OmegaConf.to_yaml(cfg, resolve=True))
-    return run(cfg)["test_auc"]
+    try:
+        return run(cfg)["test_auc"]
+    except KeyboardInterrupt:
+        log.warning("interrupted: the search and its open trial are marked KILLED in MLflow")
+        raise SystemExit(130) from None
 
 
 if __name__ == "__main__":

@@ -1,0 +1,130 @@
+"""The real CLI in a subprocess, from a folder other than the repo, read back from MLflow."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from conftest import IDC_MINI, REPO, cli_env
+
+pytestmark = pytest.mark.slow
+
+TINY = ["debug=fast", "tuner.max_trials=2", "data.synthetic.patches_per_patient=40"]
+
+
+def runs(workdir: Path) -> tuple[MlflowClient, list, list]:
+    client = MlflowClient(tracking_uri=f"sqlite:///{workdir}/mlruns/mlflow.db")
+    exp = client.get_experiment_by_name("histo_exp")
+    found = client.search_runs([exp.experiment_id])
+    search = [r for r in found if r.data.tags.get("histo_exp.role") == "search"]
+    trials = [r for r in found if r.data.tags.get("histo_exp.role") == "trial"]
+    return client, search, trials
+
+
+def test_default_command_logs_a_search_with_its_trials(run_cli, tmp_path):
+    assert Path.cwd() != tmp_path and not (tmp_path / "conf").exists()
+    done = run_cli(TINY)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = done.stdout + done.stderr
+    for expected in ("trial 0 completed: val_auc=", "best trial", "test AUC (held-out patients)",
+                     "make ui", "mlflow ui --backend-store-uri sqlite:///"):
+        assert expected in out
+    client, search, trials = runs(tmp_path)
+    assert len(search) == 1 and len(trials) == 2
+    run = search[0]
+    assert run.info.status == "FINISHED"
+    assert 0.0 <= run.data.metrics["test_auc"] <= 1.0 and "best_val_auc" in run.data.metrics
+    assert run.data.params["optimizer.name"] == "adam" and run.data.params["tuner.max_trials"] == "2"
+    for trial in trials:
+        assert trial.data.tags["mlflow.parentRunId"] == run.info.run_id
+        assert trial.info.status == "FINISHED"
+        assert "val_auc" in trial.data.metrics and "learning_rate" in trial.data.params
+        history = client.get_metric_history(trial.info.run_id, "val_auc")
+        assert {m.step for m in history} >= {0}
+        for name in ("loss", "auc", "val_loss"):
+            assert client.get_metric_history(trial.info.run_id, name)
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"config.yaml", "roc.png", "model"} <= artifacts
+    assert [a.path for a in client.list_artifacts(run.info.run_id, "model")] == ["model/best_model.keras"]
+    assert max(t.data.metrics["val_auc"] for t in trials) == pytest.approx(run.data.metrics["best_val_auc"])
+
+
+def test_multirun_of_the_three_optimizers_gives_three_searches(run_cli, tmp_path):
+    done = run_cli(["-m", "optimizer=adam,rmsprop,sgd", *TINY, "tuner.max_trials=1"], timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    _, search, trials = runs(tmp_path)
+    assert sorted(r.data.params["optimizer.name"] for r in search) == ["adam", "rmsprop", "sgd"]
+    assert all(r.info.status == "FINISHED" for r in search) and len(trials) == 3
+    assert len(list((tmp_path / "multirun").glob("*/*/*/best_model.keras"))) == 3
+
+
+@pytest.mark.parametrize("args, message", [
+    (["optimizer=adamw"], "Available options"),
+    (["data=idc"], "data.root is not set"),
+    (["data=idc", "data.root=/no/such/folder"], "'/no/such/folder' does not exist"),
+])
+def test_bad_input_fails_with_a_clear_message(run_cli, tmp_path, args, message):
+    done = run_cli(args)
+    assert done.returncode != 0
+    assert message in done.stderr + done.stdout
+    if not args[0].startswith("optimizer"):
+        _, search, _ = runs(tmp_path) if (tmp_path / "mlruns").exists() else (None, [], [])
+        assert search == []  # nothing half-logged
+
+
+def test_ctrl_c_ends_the_runs_as_killed(tmp_path, cache_dir):
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "histo_exp", *TINY, "tuner.max_trials=50", "trainer.epochs=50",
+         "trainer.early_stopping_patience=null"],
+        cwd=tmp_path, env=cli_env(cache_dir), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True,
+    )
+    lines = []
+    deadline = time.time() + 180
+    for line in proc.stdout:
+        lines.append(line)
+        if "of at most 50" in line or time.time() > deadline:
+            break
+    time.sleep(3)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130
+    assert "interrupted" in "".join(lines) + out
+    _, search, trials = runs(tmp_path)
+    assert [r.info.status for r in search] == ["KILLED"], "".join(lines)
+    assert sum(t.info.status == "KILLED" for t in trials) == 1  # the trial that was running
+    assert all(t.info.status in ("KILLED", "FINISHED") for t in trials)
+
+
+@pytest.mark.skipif(not IDC_MINI.is_dir(), reason=f"the real IDC sample is absent ({IDC_MINI})")
+def test_real_idc_sample_beats_chance(run_cli, tmp_path):
+    done = run_cli([
+        "data=idc", f"data.root={IDC_MINI}", "data.image_size=32", "tuner.max_trials=2",
+        "trainer.epochs=2", "model.blocks=2", "model.filters=16", "trainer.verbose=2",
+    ], timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    _, search, trials = runs(tmp_path)
+    assert len(search) == 1 and len(trials) == 2
+    assert search[0].data.metrics["best_val_auc"] > 0.6
+    assert search[0].data.metrics["test_auc"] > 0.5
+
+
+def test_the_module_runs_when_installed_outside_the_repo(tmp_path):
+    """Hydra's config_path trap: a wheel install must find its configs from any folder."""
+    target = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation",
+                    "-q", "--target", str(target), str(REPO)], check=True, capture_output=True)
+    assert not (target / "histo_exp" / "conf").is_symlink()
+    done = subprocess.run(
+        [sys.executable, "-m", "histo_exp", "--cfg", "job", "optimizer=sgd"],
+        cwd=tmp_path, env={**cli_env(tmp_path), "PYTHONPATH": str(target)},
+        capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "keras.optimizers.SGD" in done.stdout

@@ -1,0 +1,54 @@
+"""A trial that fails is recorded as FAILED with its error, and the search goes on."""
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from histo_exp import runner
+from histo_exp.model.hypermodel import CNNHyperModel
+
+
+class FirstFitFails(CNNHyperModel):
+    """Fails the first trial the way an out-of-memory or NaN blow-up would."""
+
+    calls = 0
+
+    def fit(self, hp, model, *args, **kwargs):
+        type(self).calls += 1
+        if type(self).calls == 1:
+            raise RuntimeError("simulated: out of memory while training")
+        return super().fit(hp, model, *args, **kwargs)
+
+
+def test_failed_trial_is_recorded_and_the_search_goes_on(compose_cfg, tmp_path, monkeypatch):
+    monkeypatch.setattr(runner, "CNNHyperModel", FirstFitFails)
+    cfg = compose_cfg("debug=fast", "tuner.max_trials=3", "trainer.verbose=0",
+                      "data.synthetic.patches_per_patient=40")
+    metrics = runner.run(cfg)
+    assert 0.0 <= metrics["test_auc"] <= 1.0
+
+    client = MlflowClient(tracking_uri=cfg.logger.tracking_uri)
+    exp = client.get_experiment_by_name("histo_exp")
+    found = client.search_runs([exp.experiment_id])
+    trials = {r.data.tags["histo_exp.trial_id"]: r for r in found
+              if r.data.tags.get("histo_exp.role") == "trial"}
+    assert len(trials) == 3
+    failed = [r for r in trials.values() if r.info.status == "FAILED"]
+    assert len(failed) == 1
+    assert "simulated: out of memory" in failed[0].data.tags["histo_exp.error"]
+    assert "val_auc" not in failed[0].data.metrics
+    assert sum(r.info.status == "FINISHED" for r in trials.values()) == 2
+    search = [r for r in found if r.data.tags.get("histo_exp.role") == "search"]
+    assert search[0].info.status == "FINISHED"
+
+
+def test_all_trials_failing_is_an_error_that_says_so(compose_cfg, monkeypatch):
+    class AlwaysFails(CNNHyperModel):
+        def fit(self, *args, **kwargs):
+            raise RuntimeError("simulated failure")
+
+    monkeypatch.setattr(runner, "CNNHyperModel", AlwaysFails)
+    cfg = compose_cfg("debug=fast", "tuner.max_trials=2", "trainer.verbose=0", "logger=none",
+                      "tuner.max_consecutive_failed_trials=5",
+                      "data.synthetic.patches_per_patient=40")
+    with pytest.raises(RuntimeError, match="every trial failed"):
+        runner.run(cfg)
