@@ -6,9 +6,9 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import hydra  # noqa: E402
-from omegaconf import DictConfig, OmegaConf  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
 
-from histo_exp.config import CONFIG_DIR  # noqa: E402
+from histo_exp.config import CONFIG_DIR, config_yaml  # noqa: E402
 
 log = logging.getLogger("histo_exp")
 
@@ -18,7 +18,7 @@ def main(cfg: DictConfig) -> float:
     """Print the resolved config, run the experiment, return test AUC (for sweepers)."""
     from histo_exp.runner import run
 
-    log.info("config:\n%s", OmegaConf.to_yaml(cfg, resolve=True))
+    log.info("config:\n%s", config_yaml(cfg))
     try:
         return run(cfg)["test_auc"]
     except KeyboardInterrupt:

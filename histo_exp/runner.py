@@ -11,6 +11,7 @@ import keras
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from histo_exp.config import config_yaml
 from histo_exp.data.batches import PatchBatches
 from histo_exp.data.dataset import PatchData, load
 from histo_exp.evaluate import plot_roc, predict
@@ -62,11 +63,13 @@ def run(cfg: DictConfig) -> dict[str, float]:
     out.mkdir(parents=True, exist_ok=True)
     data = load(cfg.data)
     log.info("data:\n%s", data.summary())
+    log.info("keras %s on the %s backend", keras.__version__, keras.backend.backend())
     tracker = instantiate(cfg.logger)
     tracker.start_search(
         flatten(OmegaConf.to_container(cfg, resolve=True)),
-        OmegaConf.to_yaml(cfg, resolve=True),
+        config_yaml(cfg),
         run_name=f"{cfg.task_name}-{cfg.optimizer.name}",
+        tags={"histo_exp.keras_backend": keras.backend.backend()},
     )
     status = "FAILED"
     try:

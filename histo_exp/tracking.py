@@ -39,7 +39,8 @@ class NullTracker:
 
     search_run_id: str | None = None
 
-    def start_search(self, params: Mapping[str, Any], config_yaml: str, run_name: str) -> None: ...
+    def start_search(self, params: Mapping[str, Any], config_yaml: str, run_name: str,
+                     tags: Mapping[str, str] | None = None) -> None: ...
     def start_trial(self, trial_id: str, hparams: Mapping[str, Any]) -> None: ...
     def log_epoch(self, epoch: int, metrics: Mapping[str, float]) -> None: ...
     def end_trial(self, status: str, metrics: Mapping[str, float], error: str | None = None) -> None: ...
@@ -77,8 +78,10 @@ class MlflowTracker(NullTracker):
                 raise
             return found.experiment_id
 
-    def start_search(self, params: Mapping[str, Any], config_yaml: str, run_name: str) -> None:
-        run = self.client.create_run(self.experiment_id, run_name=run_name, tags={ROLE: "search"})
+    def start_search(self, params: Mapping[str, Any], config_yaml: str, run_name: str,
+                     tags: Mapping[str, str] | None = None) -> None:
+        run = self.client.create_run(self.experiment_id, run_name=run_name,
+                                     tags={ROLE: "search", **(tags or {})})
         self.search_run_id = run.info.run_id
         items = [Param(k, str(v)[:6000]) for k, v in params.items()]
         for i in range(0, len(items), 100):

@@ -56,6 +56,7 @@ def compose_cfg(tmp_path, cache_dir) -> Callable[..., DictConfig]:
 def cli_env(cache_dir: Path) -> dict[str, str]:
     env = {**os.environ, "HISTO_EXP_CACHE": str(cache_dir), "PYTHONUNBUFFERED": "1"}
     env.pop("PYTEST_CURRENT_TEST", None)
+    env.pop("KERAS_BACKEND", None)  # the default backend unless a test sets one
     return env
 
 

@@ -38,7 +38,7 @@ def test_default_command_logs_a_search_with_its_trials(run_cli, tmp_path):
     client, search, trials = runs(tmp_path)
     assert len(search) == 1 and len(trials) == 2
     run = search[0]
-    assert run.info.status == "FINISHED"
+    assert run.info.status == "FINISHED" and run.data.tags["histo_exp.keras_backend"] == "tensorflow"
     assert 0.0 <= run.data.metrics["test_auc"] <= 1.0 and "best_val_auc" in run.data.metrics
     assert run.data.params["optimizer.name"] == "adam" and run.data.params["tuner.max_trials"] == "2"
     for trial in trials:
@@ -100,6 +100,20 @@ def test_ctrl_c_ends_the_runs_as_killed(tmp_path, cache_dir):
     assert [r.info.status for r in search] == ["KILLED"], "".join(lines)
     assert sum(t.info.status == "KILLED" for t in trials) == 1  # the trial that was running
     assert all(t.info.status in ("KILLED", "FINISHED") for t in trials)
+
+
+def test_runs_under_the_jax_backend(tmp_path, cache_dir):
+    pytest.importorskip("jax", reason="jax is not installed (pip install -e '.[jax]')")
+    done = subprocess.run(
+        [sys.executable, "-m", "histo_exp", *TINY, "tuner.max_trials=1"],
+        cwd=tmp_path, env={**cli_env(cache_dir), "KERAS_BACKEND": "jax"},
+        capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "on the jax backend" in done.stdout + done.stderr
+    _, search, trials = runs(tmp_path)
+    assert search[0].info.status == "FINISHED" and len(trials) == 1
+    assert search[0].data.tags["histo_exp.keras_backend"] == "jax"
 
 
 @pytest.mark.skipif(not IDC_MINI.is_dir(), reason=f"the real IDC sample is absent ({IDC_MINI})")
