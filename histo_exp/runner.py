@@ -81,6 +81,9 @@ def run(cfg: DictConfig) -> dict[str, float]:
         tracker.log_metrics(metrics)
         tracker.log_artifact(model_path, "model")
         tracker.log_artifact(plot_roc(test, out / "roc.png"))
+        split_csv = out / "split.csv"
+        split_csv.write_text(data.split_table())
+        tracker.log_artifact(split_csv)
         if data.skipped:
             report = out / "skipped_files.txt"
             report.write_text("".join(f"{p}\t{why}\n" for p, why in sorted(data.skipped.items())))

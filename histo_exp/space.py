@@ -95,11 +95,3 @@ def sample(hp: Any, group: Mapping | DictConfig, skip: Sequence[str] = ("name",)
             out[key] = declare(hp, key, value)
     return out
 
-
-def fixed_value(spec: Any) -> Any:
-    """The value a spec takes when nothing is searched: itself, its default or its first choice."""
-    if not is_spec(spec):
-        return spec
-    if spec.get("default") is not None:
-        return spec["default"]
-    return spec["choice"][0] if "choice" in spec else spec["min"]

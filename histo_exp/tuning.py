@@ -41,7 +41,8 @@ class TrackedTuner:
 
     def on_trial_begin(self, trial: kt.engine.trial.Trial) -> None:
         super().on_trial_begin(trial)
-        log.info("trial %s of at most %s", trial.trial_id, self.oracle.max_trials or "?")
+        limit = self.oracle.max_trials
+        log.info("trial %s%s", trial.trial_id, f" of at most {limit}" if limit else "")
         self.tracker.start_trial(trial.trial_id, trial.hyperparameters.values)
 
     def on_epoch_end(self, trial, model, epoch, logs=None) -> None:

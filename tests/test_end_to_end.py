@@ -50,7 +50,11 @@ def test_default_command_logs_a_search_with_its_trials(run_cli, tmp_path):
         for name in ("loss", "auc", "val_loss"):
             assert client.get_metric_history(trial.info.run_id, name)
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"config.yaml", "roc.png", "model"} <= artifacts
+    assert {"config.yaml", "roc.png", "split.csv", "model"} <= artifacts
+    split_csv = client.download_artifacts(run.info.run_id, "split.csv", str(tmp_path))
+    rows = Path(split_csv).read_text().splitlines()
+    assert rows[0] == "patient,split,patches,idc_share" and len(rows) == 1 + 6
+    assert {r.split(",")[1] for r in rows[1:]} == {"train", "val", "test"}
     assert [a.path for a in client.list_artifacts(run.info.run_id, "model")] == ["model/best_model.keras"]
     assert max(t.data.metrics["val_auc"] for t in trials) == pytest.approx(run.data.metrics["best_val_auc"])
 

@@ -35,6 +35,14 @@ class PatchData:
     def input_shape(self) -> tuple[int, int, int]:
         return tuple(self.images.shape[1:])
 
+    def split_table(self) -> str:
+        """CSV of patient -> split part, with each patient's patch count and IDC share."""
+        rows = ["patient,split,patches,idc_share"]
+        for patient, part in sorted(self.split.patients(self.patients).items()):
+            labels = self.labels[self.patients == patient]
+            rows.append(f"{patient},{part},{labels.size},{labels.mean():.3f}")
+        return "\n".join(rows) + "\n"
+
     def summary(self) -> str:
         """A few lines on what was loaded, for the console."""
         lines = [f"{len(self.labels)} patches from {np.unique(self.patients).size} patients in {self.root}"]
