@@ -27,10 +27,16 @@ run: $(STAMP) ## run the default experiment (synthetic data, Bayesian search, ML
 test: $(STAMP) ## run the test suite
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+prepare: $(STAMP) ## index and cache a dataset only: make prepare ARGS="data=idc data.root=/path"
+	$(BIN)/python -m histo_exp.prepare $(ARGS)
+
+bench: $(STAMP) ## ingest and training benchmarks on a full-size synthetic IDC tree (writes bench/results.md)
+	$(BIN)/python bench/run.py
+
 ui: $(STAMP) ## open the MLflow UI on every run made from this folder
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlruns/mlflow.db --host $(HOST) --port $(PORT)
 
 clean: ## remove run outputs and the local MLflow store (keeps .venv and the data cache)
 	rm -rf outputs multirun mlruns
 
-.PHONY: help install run test ui clean
+.PHONY: help install run test prepare bench ui clean

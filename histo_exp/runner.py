@@ -8,11 +8,12 @@ from pathlib import Path
 from typing import Any
 
 import keras
+import numpy as np
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from histo_exp.config import config_yaml
-from histo_exp.data.batches import PatchBatches
+from histo_exp.data.batches import Augment, PatchBatches
 from histo_exp.data.dataset import PatchData, load
 from histo_exp.evaluate import plot_roc, predict
 from histo_exp.model.hypermodel import CNNHyperModel
@@ -22,25 +23,43 @@ from histo_exp.tuning import build_tuner, format_hparams
 log = logging.getLogger(__name__)
 
 
-def make_batches(data: PatchData, part: str, batch_size: int, seed: int, augment: bool = False) -> PatchBatches:
-    """Batches of one split part; only training shuffles (and augments when asked)."""
+def make_batches(
+    data: PatchData, part: str, batch_size: int, seed: int, augment: Augment | None = None
+) -> PatchBatches:
+    """Batches of one split part; only training shuffles and augments."""
     train = part == "train"
     return PatchBatches(
         data.images, data.labels, getattr(data.split, part), batch_size,
-        shuffle=train, augment=train and augment, seed=seed,
+        shuffle=train, augment=augment if train else None, seed=seed,
     )
+
+
+def class_weight(data: PatchData, mode: str | None) -> dict[int, float] | None:
+    """``auto``: inverse class frequency on the training split (weights average to 1)."""
+    if mode in (None, "none"):
+        return None
+    if mode != "auto":
+        raise ValueError(f"trainer.class_weight must be auto or none; got {mode!r}")
+    counts = np.bincount(data.labels[data.split.train], minlength=2)
+    return {c: float(counts.sum() / (2 * counts[c])) for c in (0, 1)}
 
 
 def search(cfg: DictConfig, data: PatchData, tracker: NullTracker) -> tuple[keras.Model, Any]:
     """Run the tuner over the config's search space; returns the best model and its trial."""
     trainer = cfg.trainer
+    weights = class_weight(data, trainer.get("class_weight"))
+    if weights:
+        log.info("class weights (trainer.class_weight=auto): %s",
+                 ", ".join(f"{c}: {w:.3f}" for c, w in weights.items()))
     hypermodel = CNNHyperModel(
         cfg.model, cfg.optimizer, data.input_shape, epochs=int(trainer.epochs),
         early_stopping_patience=trainer.get("early_stopping_patience"),
+        steps_per_epoch=trainer.get("steps_per_epoch"), class_weight=weights,
     )
     tuner = build_tuner(cfg.tuner, hypermodel, tracker)
+    augment = Augment.from_config(cfg.data.get("augment"))
     tuner.search(
-        make_batches(data, "train", trainer.batch_size, cfg.seed, cfg.data.get("augment", False)),
+        make_batches(data, "train", trainer.batch_size, cfg.seed, augment),
         validation_data=make_batches(data, "val", trainer.batch_size, cfg.seed),
         verbose=int(trainer.verbose),
     )
@@ -85,9 +104,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
         split_csv.write_text(data.split_table())
         tracker.log_artifact(split_csv)
         if data.skipped:
-            report = out / "skipped_files.txt"
-            report.write_text("".join(f"{p}\t{why}\n" for p, why in sorted(data.skipped.items())))
-            tracker.log_artifact(report)
+            tracker.log_artifact(data.cache / "skipped.tsv")
         status = "FINISHED"
         log.info(
             "best trial %s: val_auc=%.4f  [%s]\ntest AUC (held-out patients): %.4f\noutputs: %s\n%s",
@@ -95,7 +112,8 @@ def run(cfg: DictConfig) -> dict[str, float]:
             test.auc, out, tracker.describe(),
         )
         if data.skipped:
-            log.warning("%d files were skipped (listed in %s)", len(data.skipped), report)
+            log.warning("%d files were skipped (listed in %s)", len(data.skipped),
+                        data.cache / "skipped.tsv")
         return metrics
     except KeyboardInterrupt:
         status = "KILLED"

@@ -17,7 +17,8 @@ from histo_exp.data.synthetic import SyntheticSpec, generate
 
 def data_cfg(root: Path, **extra) -> dict:
     return {"root": str(root), "image_size": 50, "color": "rgb", "small_patches": "pad",
-            "val_fraction": 0.2, "test_fraction": 0.2, "seed": 0, "workers": 2, **extra}
+            "val_fraction": 0.2, "test_fraction": 0.2, "seed": 0, "workers": 2,
+            "cache_dir": str(root.parent / "ingest"), "max_bad_fraction": 0.05, **extra}
 
 
 def write_patch(root: Path, patient: str, label: int, x: int = 1, y: int = 1, size=(50, 50)) -> Path:
@@ -107,7 +108,11 @@ def test_unreadable_files_are_skipped_and_reported(tiny_root, tmp_path):
     truncated.write_bytes(truncated.read_bytes()[:40])
     data = load(data_cfg(root), progress=False)
     assert set(data.skipped) == {m.paths[0], m.paths[1]}
-    assert len(data.labels) == len(m) - 2 == len(data.images)
+    assert data.kept.size == len(m) - 2 and 0 not in data.kept and 1 not in data.kept
+    report = (data.cache / "skipped.tsv").read_text()
+    assert m.paths[0] in report and "unreadable" in report
+    with pytest.raises(DatasetError, match="2 of 240 files.*max_bad_fraction=0.005.*skipped.tsv"):
+        load(data_cfg(root, max_bad_fraction=0.005), progress=False)
 
 
 @pytest.mark.parametrize("policy, shape, kept", [
@@ -134,6 +139,8 @@ def test_decode_gray_and_rgb_keep_uint8(tiny_root):
 
 
 def test_batches_equal_the_decoded_images_and_augment_only_training():
+    from histo_exp.data.batches import Augment
+
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (20, 8, 8, 3), dtype=np.uint8)
     labels = rng.integers(0, 2, 20).astype(np.int8)
@@ -142,7 +149,7 @@ def test_batches_equal_the_decoded_images_and_augment_only_training():
     xs, ys = zip(*(val[i] for i in range(len(val))))
     assert np.array_equal(np.concatenate(xs), images[idx])
     assert np.array_equal(np.concatenate(ys).argmax(1), labels[idx]) and len(val) == 3
-    train = PatchBatches(images, labels, idx, 14, shuffle=True, augment=True, seed=1)
+    train = PatchBatches(images, labels, idx, 14, shuffle=True, augment=Augment(), seed=1)
     x, y = train[0]
     assert x.shape == (14, 8, 8, 3) and x.dtype == np.uint8 and y.shape == (14, 2)
     sorted_idx = np.sort(idx)

@@ -1,22 +1,57 @@
-"""Batches for Keras straight from the uint8 patch array: no float copy of the dataset."""
+"""Batches for Keras straight from the uint8 patch array (a memory map): no float copy of the data."""
 
 from __future__ import annotations
 
 import math
+import mmap
+from collections.abc import Mapping
+from dataclasses import dataclass
 
 import keras
 import numpy as np
 
+RELEASE_EVERY = 128  # batches between dropping memory-map pages this process has touched
 
-def dihedral(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Random flips and 90-degree rotations per image (histology has no orientation)."""
-    out = images.copy()
-    k = rng.integers(0, 4, len(images))
-    flip = rng.random(len(images)) < 0.5
-    for i in range(len(images)):
-        img = np.rot90(images[i], k[i])
-        out[i] = img[:, ::-1] if flip[i] else img
-    return out
+
+@dataclass(frozen=True)
+class Augment:
+    """Random training-time changes; labels never change (histology has no orientation)."""
+
+    flip: bool = True
+    rotate90: bool = True
+    color_jitter: float = 0.0
+
+    @classmethod
+    def from_config(cls, cfg: Mapping | bool | None) -> "Augment | None":
+        """``data.augment``: a mapping of the fields, or false/null for none."""
+        if not cfg:
+            return None
+        return cls(**dict(cfg)) if isinstance(cfg, Mapping) else cls()
+
+    def __call__(self, images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        n = len(images)
+        out = images.copy()
+        k = rng.integers(0, 4, n) if self.rotate90 else np.zeros(n, int)
+        flip = rng.random(n) < 0.5 if self.flip else np.zeros(n, bool)
+        for i in np.flatnonzero((k > 0) | flip):
+            img = np.rot90(images[i], k[i])
+            out[i] = img[:, ::-1] if flip[i] else img
+        if self.color_jitter:
+            a, c = self.color_jitter, images.shape[-1]
+            scale = rng.uniform(1 - a, 1 + a, (n, 1, 1, c)).astype(np.float32)
+            shift = rng.uniform(-a, a, (n, 1, 1, c)).astype(np.float32) * 255
+            out = np.clip(out * scale + shift, 0, 255).astype(np.uint8)
+        return out
+
+
+def release_pages(images: np.ndarray) -> None:
+    """Drop the pages of a memory map from this process (they stay in the OS page cache).
+
+    Without this, the resident size grows to the whole cache file over an epoch.
+    """
+    mm = getattr(images, "_mmap", None)
+    if isinstance(mm, mmap.mmap) and hasattr(mm, "madvise"):
+        mm.madvise(mmap.MADV_DONTNEED)
 
 
 class PatchBatches(keras.utils.PyDataset):
@@ -30,7 +65,7 @@ class PatchBatches(keras.utils.PyDataset):
         batch_size: int,
         *,
         shuffle: bool = False,
-        augment: bool = False,
+        augment: Augment | None = None,
         seed: int = 0,
     ) -> None:
         super().__init__()
@@ -42,6 +77,7 @@ class PatchBatches(keras.utils.PyDataset):
         self.augment = augment
         self._rng = np.random.default_rng(seed)
         self._order = self.indices.copy()
+        self._served = 0
         if shuffle:
             self._rng.shuffle(self._order)
 
@@ -54,11 +90,14 @@ class PatchBatches(keras.utils.PyDataset):
             idx = np.sort(idx)  # sequential reads; the batch's own order does not matter
         x = self.images[idx]
         if self.augment:
-            x = dihedral(x, self._rng)
-        y = np.eye(2, dtype="float32")[self.labels[idx]]
-        return x, y
+            x = self.augment(x, self._rng)
+        self._served += 1
+        if self._served % RELEASE_EVERY == 0:
+            release_pages(self.images)
+        return x, np.eye(2, dtype="float32")[self.labels[idx]]
 
     def on_epoch_end(self) -> None:
+        release_pages(self.images)
         if self.shuffle:
             self._rng.shuffle(self._order)
 

@@ -1,4 +1,4 @@
-"""From the data config to decoded patches and a patient-level split."""
+"""From the data config to cached uint8 patches and a patient-level split."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from histo_exp.data.decode import decode
+from histo_exp.data.cache import Cached, ingest
 from histo_exp.data.index import DatasetError, Manifest, index
 from histo_exp.data.split import Split, split_by_patient
 from histo_exp.data.synthetic import SyntheticSpec, generate
@@ -19,13 +19,14 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class PatchData:
-    """Decoded patches with their labels, patients and split."""
+    """Cached patches (a memory map, one row per indexed file) and a split over the kept rows."""
 
     images: np.ndarray
     labels: np.ndarray
     patients: np.ndarray
     split: Split
     root: Path
+    cache: Path
     skipped: dict[str, str] = field(default_factory=dict)
     ignored: list[str] = field(default_factory=list)
     padded: int = 0
@@ -35,27 +36,49 @@ class PatchData:
     def input_shape(self) -> tuple[int, int, int]:
         return tuple(self.images.shape[1:])
 
+    @property
+    def kept(self) -> np.ndarray:
+        """Rows that decoded (every split index is one of them)."""
+        return np.sort(np.concatenate([self.split.train, self.split.val, self.split.test]))
+
     def split_table(self) -> str:
         """CSV of patient -> split part, with each patient's patch count and IDC share."""
         rows = ["patient,split,patches,idc_share"]
+        kept = self.kept
         for patient, part in sorted(self.split.patients(self.patients).items()):
-            labels = self.labels[self.patients == patient]
+            labels = self.labels[kept][self.patients[kept] == patient]
             rows.append(f"{patient},{part},{labels.size},{labels.mean():.3f}")
         return "\n".join(rows) + "\n"
 
-    def summary(self) -> str:
-        """A few lines on what was loaded, for the console."""
-        lines = [f"{len(self.labels)} patches from {np.unique(self.patients).size} patients in {self.root}"]
+    def summary(self, per_patient: bool = False) -> str:
+        """What was loaded, for the console."""
+        kept = self.kept
+        labels, patients = self.labels[kept], self.patients[kept]
+        lines = [
+            f"{kept.size} patches from {np.unique(patients).size} patients in {self.root}: "
+            f"{(labels == 0).sum()} class 0, {(labels == 1).sum()} class 1 (IDC)"
+        ]
         for part in ("train", "val", "test"):
             idx = getattr(self.split, part)
             lines.append(
                 f"  {part:5s}: {idx.size:6d} patches, {np.unique(self.patients[idx]).size:3d} "
                 f"patients, {self.labels[idx].mean():.0%} IDC"
             )
+        if per_patient:
+            lines.append("  patient   split  class 0  class 1")
+            table = self.split.patients(self.patients)
+            for p in sorted(table):
+                lab = labels[patients == p]
+                lines.append(f"  {p:8s}  {table[p]:5s}  {(lab == 0).sum():7d}  {(lab == 1).sum():7d}")
         if self.padded or self.resized:
             lines.append(f"  brought to size: {self.padded} padded, {self.resized} resized")
+        if self.skipped:
+            lines.append(f"  skipped {len(self.skipped)} unreadable or dropped files "
+                         f"(listed in {self.cache / 'skipped.tsv'})")
         if self.ignored:
             lines.append(f"  ignored {len(self.ignored)} files that are not IDC-layout images")
+        mib = self.images.nbytes / 2**20
+        lines.append(f"  cache: {self.cache} ({mib:.0f} MiB of uint8 pixels)")
         return "\n".join(lines)
 
 
@@ -63,7 +86,7 @@ def data_root(cfg: Mapping) -> Path:
     """The dataset folder; for ``data=synthetic`` the generated set, made on first use."""
     if cfg.get("synthetic"):
         spec = SyntheticSpec(**cfg["synthetic"], seed=cfg["seed"])
-        return generate(Path(cfg["root"]), spec)
+        return generate(Path(cfg["root"]), spec, workers=int(cfg.get("workers", 1)))
     if not cfg.get("root"):
         raise DatasetError(
             "data.root is not set: pass data.root=/path/to/IDC_regular_ps50_idx5 "
@@ -72,29 +95,41 @@ def data_root(cfg: Mapping) -> Path:
     return Path(cfg["root"])
 
 
+def check_bad_fraction(cached: Cached, total: int, limit: float) -> None:
+    """Fail when more than ``limit`` of the files could not be used."""
+    bad = len(cached.skipped)
+    if bad and bad / total > limit:
+        raise DatasetError(
+            f"{bad} of {total} files ({bad / total:.1%}) could not be used, more than "
+            f"data.max_bad_fraction={limit}; they are listed in {cached.folder / 'skipped.tsv'}. "
+            "Fix the files or raise data.max_bad_fraction."
+        )
+
+
 def load(cfg: Mapping, progress: bool = True) -> PatchData:
-    """Index, decode and split the dataset the data config describes."""
-    manifest: Manifest = index(data_root(cfg))
+    """Index, ingest (or reuse the cache) and split the dataset the data config describes."""
+    manifest: Manifest = index(data_root(cfg), progress=progress)
     log.info("indexed %d patches under %s", len(manifest), manifest.root)
-    decoded = decode(
+    cached = ingest(
         manifest,
+        cache_dir=cfg["cache_dir"],
         image_size=int(cfg["image_size"]),
         color=str(cfg["color"]),
         small_patches=str(cfg.get("small_patches", "pad")),
         workers=int(cfg.get("workers", 8)),
         progress=progress,
     )
-    if decoded.skipped:
-        log.warning("skipped %d unreadable or dropped files", len(decoded.skipped))
-    kept = manifest.subset(decoded.keep)
-    if len(kept) == 0:
+    check_bad_fraction(cached, len(manifest), float(cfg.get("max_bad_fraction", 0.0)))
+    kept = np.flatnonzero(cached.keep)
+    if kept.size == 0:
         raise DatasetError(f"none of the {len(manifest)} patches under {manifest.root} could be read")
-    split = split_by_patient(
-        kept.labels, kept.patients, float(cfg["val_fraction"]), float(cfg["test_fraction"]),
-        int(cfg["seed"]),
+    inner = split_by_patient(
+        manifest.labels[kept], manifest.patients[kept], float(cfg["val_fraction"]),
+        float(cfg["test_fraction"]), int(cfg["seed"]),
     )
+    split = Split(train=kept[inner.train], val=kept[inner.val], test=kept[inner.test])
     return PatchData(
-        images=decoded.images, labels=kept.labels, patients=kept.patients, split=split,
-        root=manifest.root, skipped=decoded.skipped, ignored=manifest.ignored,
-        padded=decoded.padded, resized=decoded.resized,
+        images=cached.images, labels=manifest.labels, patients=manifest.patients, split=split,
+        root=manifest.root, cache=cached.folder, skipped=cached.skipped, ignored=manifest.ignored,
+        padded=cached.padded, resized=cached.resized,
     )

@@ -19,7 +19,7 @@ COLORS = {"rgb": 3, "gray": 1}
 class Decoded:
     """Images of the manifest entries that decoded, and why the others did not."""
 
-    images: np.ndarray  # (n, size, size, channels) uint8
+    images: np.ndarray  # (n, size, size, channels) uint8, one row per entry; zeros where skipped
     keep: np.ndarray  # bool per manifest entry
     skipped: dict[str, str]  # relative path -> reason
     padded: int = 0
@@ -57,13 +57,16 @@ def decode(
     workers: int = 8,
     progress: bool = True,
 ) -> Decoded:
-    """Decode every manifest entry; unreadable files and dropped patches are skipped, not fatal."""
+    """Decode every manifest entry; unreadable files and dropped patches are skipped, not fatal.
+
+    Rows stay aligned with the manifest (a skipped row is zeros, ``keep`` false).
+    """
     if color not in COLORS:
         raise ValueError(f"data.color must be one of {sorted(COLORS)}; got {color!r}")
     if small_patches not in SMALL_PATCH_POLICIES:
         raise ValueError(f"data.small_patches must be one of {SMALL_PATCH_POLICIES}; got {small_patches!r}")
     n = len(manifest)
-    images = np.empty((n, image_size, image_size, COLORS[color]), dtype=np.uint8)
+    images = np.zeros((n, image_size, image_size, COLORS[color]), dtype=np.uint8)
     keep = np.zeros(n, dtype=bool)
     skipped: dict[str, str] = {}
     fitted = np.full(n, "", dtype=object)
@@ -86,6 +89,6 @@ def decode(
         list(tqdm(pool.map(work, range(n)), total=n, desc="decode", unit="patch",
                   disable=not progress, mininterval=0.5))
     return Decoded(
-        images if keep.all() else images[keep], keep, skipped,
+        images, keep, skipped,
         padded=int((fitted == "padded").sum()), resized=int((fitted == "resized").sum()),
     )

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 LAYOUT = "<root>/<patient_id>/<0|1>/<patient_id>_idx5_x<X>_y<Y>_class<0|1>.png"
 KAGGLE_TOP = "IDC_regular_ps50_idx5"
@@ -30,6 +31,7 @@ class Manifest:
     x: np.ndarray
     y: np.ndarray
     labels: np.ndarray
+    sizes: np.ndarray  # bytes per file: a replaced file changes the fingerprint
     ignored: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
@@ -37,10 +39,10 @@ class Manifest:
 
     @property
     def fingerprint(self) -> str:
-        """A hash of the file list (relative paths), for cache keys."""
+        """A hash of the file list (relative paths and sizes), for cache keys."""
         h = hashlib.sha256()
-        for p in self.paths:
-            h.update(p.encode() + b"\0")
+        for path, size in zip(self.paths, self.sizes.tolist()):
+            h.update(f"{path}\0{size}\0".encode())
         return h.hexdigest()[:16]
 
     def subset(self, keep: np.ndarray) -> "Manifest":
@@ -49,7 +51,7 @@ class Manifest:
         idx = np.flatnonzero(idx) if idx.dtype == bool else idx
         return Manifest(
             self.root, [self.paths[i] for i in idx], self.patients[idx], self.x[idx],
-            self.y[idx], self.labels[idx], self.ignored,
+            self.y[idx], self.labels[idx], self.sizes[idx], self.ignored,
         )
 
 
@@ -65,12 +67,13 @@ def resolve_root(root: str | os.PathLike) -> Path:
     return nested if nested.is_dir() else path
 
 
-def index(root: str | os.PathLike) -> Manifest:
+def index(root: str | os.PathLike, progress: bool = False) -> Manifest:
     """Scan ``root`` and return the manifest; label folders must agree with file names."""
     base = resolve_root(root)
-    rows: list[tuple[str, str, int, int, int]] = []
+    rows: list[tuple[str, str, int, int, int, int]] = []
     ignored: list[str] = []
-    for patient_dir in sorted(p for p in base.iterdir() if p.is_dir()):
+    patient_dirs = sorted(p for p in base.iterdir() if p.is_dir())
+    for patient_dir in tqdm(patient_dirs, desc="index", unit="patient", disable=not progress):
         for label_dir in sorted(p for p in patient_dir.iterdir() if p.is_dir()):
             if label_dir.name not in ("0", "1"):
                 continue
@@ -88,13 +91,14 @@ def index(root: str | os.PathLike) -> Manifest:
                         f"{label_dir / entry.name}: the file name says class{m['label']} but it "
                         f"lies in folder {label_dir.name}/. Fix or remove the file."
                     )
-                rows.append((rel, m["patient"], int(m["x"]), int(m["y"]), int(m["label"])))
+                rows.append((rel, m["patient"], int(m["x"]), int(m["y"]), int(m["label"]),
+                             entry.stat().st_size))
     if not rows:
         raise DatasetError(
             f"no patches found under {str(base)!r}; expected {LAYOUT}"
             + (f" ({len(ignored)} other files were ignored)" if ignored else "")
         )
-    paths, patients, xs, ys, labels = zip(*rows)
+    paths, patients, xs, ys, labels, sizes = zip(*rows)
     return Manifest(
         root=base,
         paths=list(paths),
@@ -102,5 +106,6 @@ def index(root: str | os.PathLike) -> Manifest:
         x=np.array(xs, dtype=np.int32),
         y=np.array(ys, dtype=np.int32),
         labels=np.array(labels, dtype=np.int8),
+        sizes=np.array(sizes, dtype=np.int64),
         ignored=ignored,
     )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -30,6 +31,16 @@ class SyntheticSpec:
     patches_per_patient: int = 200
     seed: int = 0
     first_patient_id: int = 90001
+    total: int | None = None  # if set: this many patches, spread unevenly over the patients
+
+    def counts(self) -> list[int]:
+        """Patches per patient."""
+        if self.total is None:
+            return [self.patches_per_patient] * self.patients
+        weights = np.random.default_rng([self.seed, 999]).lognormal(0.0, 0.6, self.patients)
+        counts = np.floor(weights / weights.sum() * self.total).astype(int)
+        counts[: self.total - counts.sum()] += 1
+        return counts.tolist()
 
 
 def _patient_slide(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -75,7 +86,24 @@ def _render(rng: np.random.Generator, t: float, tint: np.ndarray, width: int) ->
     return np.clip(img[:, :width], 0, 255).astype(np.uint8)
 
 
-def generate(root: Path, spec: SyntheticSpec) -> Path:
+def _write_patient(tmp: Path, spec: SyntheticSpec, k: int, n: int) -> None:
+    """Render and write one patient's patches (its own RNG: the same files for any workers)."""
+    pid = str(spec.first_patient_id + k)
+    rng = np.random.default_rng([spec.seed, k])
+    tint = rng.normal(1.0, 0.07, (2, 3)).clip(0.75, 1.25)
+    cells, intensity = _patient_slide(rng, n)
+    edge = cells[:, 1].max()
+    for (row, col), t in zip(cells, intensity):
+        label = int(t > 0.5)
+        width = int(rng.integers(30, PATCH)) if col == edge and rng.random() < 0.5 else PATCH
+        patch = _render(rng, t, tint, width)
+        folder = tmp / pid / str(label)
+        folder.mkdir(parents=True, exist_ok=True)
+        name = f"{pid}_idx5_x{col * PATCH + 1}_y{row * PATCH + 1}_class{label}.png"
+        cv2.imwrite(str(folder / name), cv2.cvtColor(patch, cv2.COLOR_RGB2BGR))
+
+
+def generate(root: Path, spec: SyntheticSpec, workers: int = 1) -> Path:
     """Write the dataset under ``root`` unless a complete copy of this spec is there.
 
     Files go to a temporary sibling first and are moved into place at the end, so a killed
@@ -92,20 +120,13 @@ def generate(root: Path, spec: SyntheticSpec) -> Path:
         )
     tmp = root.with_name(root.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
-    for k in range(spec.patients):
-        pid = str(spec.first_patient_id + k)
-        rng = np.random.default_rng([spec.seed, k])
-        tint = rng.normal(1.0, 0.07, (2, 3)).clip(0.75, 1.25)
-        cells, intensity = _patient_slide(rng, spec.patches_per_patient)
-        edge = cells[:, 1].max()
-        for (row, col), t in zip(cells, intensity):
-            label = int(t > 0.5)
-            width = int(rng.integers(30, PATCH)) if col == edge and rng.random() < 0.5 else PATCH
-            patch = _render(rng, t, tint, width)
-            folder = tmp / pid / str(label)
-            folder.mkdir(parents=True, exist_ok=True)
-            name = f"{pid}_idx5_x{col * PATCH + 1}_y{row * PATCH + 1}_class{label}.png"
-            cv2.imwrite(str(folder / name), cv2.cvtColor(patch, cv2.COLOR_RGB2BGR))
+    jobs = [(tmp, spec, k, n) for k, n in enumerate(spec.counts())]
+    if workers > 1 and len(jobs) > 1:
+        with ProcessPoolExecutor(min(workers, len(jobs))) as pool:
+            list(pool.map(_write_patient, *zip(*jobs)))
+    else:
+        for job in jobs:
+            _write_patient(*job)
     (tmp / DONE).write_text(json.dumps(asdict(spec)))
     shutil.rmtree(root, ignore_errors=True)
     root.parent.mkdir(parents=True, exist_ok=True)

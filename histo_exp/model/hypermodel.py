@@ -48,6 +48,8 @@ class CNNHyperModel(kt.HyperModel):
         input_shape: Sequence[int],
         epochs: int = 3,
         early_stopping_patience: int | None = None,
+        steps_per_epoch: int | None = None,
+        class_weight: Mapping[int, float] | None = None,
     ) -> None:
         super().__init__(name=str(to_plain(model_cfg).get("name", "cnn")))
         self.model_cfg = bound_blocks(model_cfg, min(input_shape[:2]))
@@ -55,6 +57,8 @@ class CNNHyperModel(kt.HyperModel):
         self.input_shape = tuple(input_shape)
         self.epochs = epochs
         self.early_stopping_patience = early_stopping_patience
+        self.steps_per_epoch = steps_per_epoch
+        self.class_weight = dict(class_weight) if class_weight else None
 
     def build(self, hp: kt.HyperParameters) -> keras.Model:
         params = sample(hp, self.model_cfg)
@@ -69,6 +73,8 @@ class CNNHyperModel(kt.HyperModel):
 
     def fit(self, hp: kt.HyperParameters, model: keras.Model, *args: Any, **kwargs: Any):
         kwargs.setdefault("epochs", self.epochs)
+        kwargs.setdefault("steps_per_epoch", self.steps_per_epoch)
+        kwargs.setdefault("class_weight", self.class_weight)
         if self.early_stopping_patience:
             kwargs["callbacks"] = [
                 *kwargs.get("callbacks", []),

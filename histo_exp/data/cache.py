@@ -1,0 +1,141 @@
+"""The ingest cache: every patch decoded once into one uint8 ``.npy`` file, read as a memory map.
+
+A cache folder is named by its key (file list fingerprint, image size, colour mode, small-patch
+policy), is built in a temporary sibling and renamed into place only when complete, so a killed
+ingest never leaves a cache that looks usable.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from histo_exp.data.decode import COLORS, decode
+from histo_exp.data.index import Manifest
+
+log = logging.getLogger(__name__)
+
+IMAGES, KEEP, SKIPPED, KEY, MANIFEST = "images.npy", "keep.npy", "skipped.tsv", "key.json", "manifest.csv"
+CHUNK = 4096  # patches decoded per write: bounds the ingest's memory
+
+
+@dataclass(frozen=True)
+class CacheKey:
+    """Everything the cached pixels depend on."""
+
+    fingerprint: str
+    image_size: int
+    color: str
+    small_patches: str
+
+    @property
+    def digest(self) -> str:
+        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
+
+
+@dataclass
+class Cached:
+    """An opened cache: images of every manifest row (skipped rows are zeros) and which decoded."""
+
+    folder: Path
+    images: np.ndarray  # np.memmap, read-only
+    keep: np.ndarray
+    skipped: dict[str, str]
+    built: bool  # False when an existing cache was reused
+    padded: int = 0
+    resized: int = 0
+
+    @property
+    def nbytes(self) -> int:
+        return sum(f.stat().st_size for f in self.folder.iterdir())
+
+
+def cache_folder(cache_dir: str | os.PathLike, manifest: Manifest, key: CacheKey) -> Path:
+    """``<cache_dir>/<dataset folder name>-<key digest>``."""
+    return Path(cache_dir).expanduser() / f"{manifest.root.name}-{key.digest}"
+
+
+def _open(folder: Path, built: bool) -> Cached:
+    skipped = {}
+    for line in (folder / SKIPPED).read_text().splitlines():
+        path, _, why = line.partition("\t")
+        skipped[path] = why
+    stats = json.loads((folder / KEY).read_text())
+    return Cached(folder, np.load(folder / IMAGES, mmap_mode="r"), np.load(folder / KEEP), skipped,
+                  built, padded=stats["padded"], resized=stats["resized"])
+
+
+def _write_manifest(path: Path, manifest: Manifest) -> None:
+    with path.open("w") as f:
+        f.write("path,patient,x,y,label\n")
+        for row in zip(manifest.paths, manifest.patients, manifest.x, manifest.y, manifest.labels):
+            f.write(",".join(map(str, row)) + "\n")
+
+
+def _build(tmp: Path, manifest: Manifest, key: CacheKey, workers: int, bar: tqdm) -> None:
+    tmp.mkdir(parents=True)
+    n, size = len(manifest), key.image_size
+    shape = (n, size, size, COLORS[key.color])
+    np.lib.format.open_memmap(tmp / IMAGES, mode="w+", dtype=np.uint8, shape=shape).flush()
+    offset = np.load(tmp / IMAGES, mmap_mode="r").offset
+    row_bytes = int(np.prod(shape[1:]))
+    keep = np.zeros(n, dtype=bool)
+    skipped: dict[str, str] = {}
+    fitted = {"padded": 0, "resized": 0}
+    with open(tmp / IMAGES, "r+b") as out:
+        for start in range(0, n, CHUNK):
+            part = manifest.subset(np.arange(start, min(start + CHUNK, n)))
+            decoded = decode(part, size, key.color, key.small_patches, workers, progress=False)
+            out.seek(offset + start * row_bytes)
+            out.write(decoded.images.tobytes())
+            keep[start : start + len(part)] = decoded.keep
+            skipped.update(decoded.skipped)
+            fitted["padded"] += decoded.padded
+            fitted["resized"] += decoded.resized
+            bar.update(len(part))
+    np.save(tmp / KEEP, keep)
+    (tmp / SKIPPED).write_text("".join(f"{p}\t{why}\n" for p, why in sorted(skipped.items())))
+    _write_manifest(tmp / MANIFEST, manifest)
+    # Written last: its presence marks a complete cache.
+    (tmp / KEY).write_text(json.dumps({**asdict(key), "patches": n, **fitted}, indent=1))
+
+
+def ingest(
+    manifest: Manifest,
+    cache_dir: str | os.PathLike,
+    image_size: int,
+    color: str = "rgb",
+    small_patches: str = "pad",
+    workers: int = 8,
+    progress: bool = True,
+) -> Cached:
+    """Open the cache for this manifest and settings, building it first if there is none."""
+    key = CacheKey(manifest.fingerprint, int(image_size), color, small_patches)
+    folder = cache_folder(cache_dir, manifest, key)
+    if (folder / KEY).exists():
+        log.info("reusing the decoded cache %s", folder)
+        return _open(folder, built=False)
+    tmp = folder.with_name(f"{folder.name}.partial-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    log.info("decoding %d patches into %s", len(manifest), folder)
+    bar = tqdm(total=len(manifest), desc="decode", unit="patch", disable=not progress, mininterval=0.5)
+    try:
+        _build(tmp, manifest, key, workers, bar)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    finally:
+        bar.close()
+    try:
+        tmp.rename(folder)
+    except OSError:  # another process finished the same cache first: use theirs
+        shutil.rmtree(tmp, ignore_errors=True)
+    return _open(folder, built=True)

@@ -1,0 +1,102 @@
+"""The decoded uint8 cache: built once, reused, rebuilt on change, never used half-written."""
+
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from histo_exp.data.batches import Augment, PatchBatches
+from histo_exp.data.cache import KEY, ingest
+from histo_exp.data.decode import decode
+from histo_exp.data.index import index
+
+from conftest import cli_env
+
+
+def test_cache_is_built_once_then_reused_as_a_memory_map(tiny_root, tmp_path):
+    m = index(tiny_root)
+    first = ingest(m, tmp_path, 50, progress=False)
+    again = ingest(index(tiny_root), tmp_path, 50, progress=False)
+    assert first.built and not again.built and first.folder == again.folder
+    assert isinstance(again.images, np.memmap) and again.images.dtype == np.uint8
+    assert np.array_equal(np.asarray(again.images), decode(m, 50, progress=False).images)
+    assert again.keep.all() and again.skipped == {}
+
+
+def test_changed_settings_or_files_make_a_new_cache(tiny_root, tmp_path):
+    root = tmp_path / "data"
+    shutil.copytree(tiny_root, root)
+    base = ingest(index(root), tmp_path / "c", 32, progress=False)
+    assert ingest(index(root), tmp_path / "c", 32, color="gray", progress=False).built
+    assert ingest(index(root), tmp_path / "c", 32, small_patches="resize", progress=False).built
+    victim = next((root / "90001" / "0").iterdir())
+    victim.unlink()
+    rebuilt = ingest(index(root), tmp_path / "c", 32, progress=False)
+    assert rebuilt.built and rebuilt.folder != base.folder
+    assert len(rebuilt.keep) == len(base.keep) - 1
+
+
+def test_a_killed_ingest_leaves_no_usable_cache(tiny_root, tmp_path):
+    """The process dies (no clean-up runs) after writing its first chunk."""
+    script = f"""
+import os
+import histo_exp.data.cache as cache
+from histo_exp.data.index import index
+cache.CHUNK = 50
+real = cache.decode
+calls = []
+def dying(*a, **k):
+    calls.append(1)
+    if len(calls) == 2:
+        os._exit(9)
+    return real(*a, **k)
+cache.decode = dying
+cache.ingest(index({str(tiny_root)!r}), {str(tmp_path)!r}, 50, progress=False)
+"""
+    done = subprocess.run([sys.executable, "-c", script], env=cli_env(tmp_path), timeout=120)
+    assert done.returncode == 9
+    leftovers = list(tmp_path.iterdir())
+    assert leftovers and all(".partial-" in p.name for p in leftovers)
+    assert not any((p / KEY).exists() for p in leftovers)
+    cached = ingest(index(tiny_root), tmp_path, 50, progress=False)
+    assert cached.built and cached.keep.all()
+    assert np.array_equal(np.asarray(cached.images), decode(index(tiny_root), 50, progress=False).images)
+
+
+def test_memory_map_batches_equal_the_decoded_images(tiny_root, tmp_path):
+    m = index(tiny_root)
+    cached = ingest(m, tmp_path, 50, progress=False)
+    idx = np.arange(0, len(m), 3)
+    batches = PatchBatches(cached.images, m.labels, idx, 32)
+    x = np.concatenate([batches[i][0] for i in range(len(batches))])
+    assert np.array_equal(x, decode(m, 50, progress=False).images[idx])
+
+
+def test_color_jitter_changes_colours_not_shapes_or_labels():
+    rng = np.random.default_rng(0)
+    images = np.full((16, 8, 8, 3), 128, dtype=np.uint8)
+    out = Augment(flip=False, rotate90=False, color_jitter=0.1)(images, rng)
+    assert out.shape == images.shape and out.dtype == np.uint8
+    assert not np.array_equal(out, images)
+    assert np.abs(out.astype(int) - 128).max() <= 0.1 * 128 + 0.1 * 255 + 1
+    assert Augment.from_config(None) is None and Augment.from_config({"flip": False}).rotate90
+
+
+@pytest.mark.slow
+def test_prepare_indexes_and_caches_without_training(tmp_path, cache_dir):
+    def prepare():
+        return subprocess.run(
+            [sys.executable, "-m", "histo_exp.prepare", "debug=fast"], cwd=tmp_path,
+            env=cli_env(cache_dir), capture_output=True, text=True, timeout=300,
+        )
+
+    done = prepare()
+    out = done.stdout + done.stderr
+    assert done.returncode == 0, out[-3000:]
+    assert "class 0" in out and "class 1" in out and "cache:" in out and "MiB" in out
+    assert "90001" in out  # the per-patient table
+    assert "trial" not in out and not (tmp_path / "mlruns").exists()
+    again = prepare()
+    assert "reusing the decoded cache" in again.stdout + again.stderr
