@@ -1,5 +1,6 @@
 """A trial that fails is recorded as FAILED with its error, and the search goes on."""
 
+import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
@@ -52,3 +53,17 @@ def test_all_trials_failing_is_an_error_that_says_so(compose_cfg, monkeypatch):
                       "data.synthetic.patches_per_patient=40")
     with pytest.raises(RuntimeError, match="every trial failed"):
         runner.run(cfg)
+
+
+def test_auto_class_weights_balance_the_training_split(tiny_root, tmp_path):
+    from histo_exp.data.dataset import load
+
+    data = load({"root": str(tiny_root), "image_size": 32, "color": "rgb", "val_fraction": 0.2,
+                 "test_fraction": 0.2, "seed": 0, "cache_dir": str(tmp_path)}, progress=False)
+    weights = runner.class_weight(data, "auto")
+    counts = np.bincount(data.labels[data.split.train], minlength=2)
+    assert weights[0] * counts[0] == pytest.approx(weights[1] * counts[1])
+    assert (weights[0] * counts[0] + weights[1] * counts[1]) == pytest.approx(counts.sum())
+    assert runner.class_weight(data, "none") is None
+    with pytest.raises(ValueError, match="auto or none"):
+        runner.class_weight(data, "balanced")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -71,23 +72,32 @@ def decode(
     skipped: dict[str, str] = {}
     fitted = np.full(n, "", dtype=object)
 
-    def work(i: int) -> None:
-        rel = manifest.paths[i]
-        img = _read(str(manifest.root / rel), color)
-        if img is None:
-            skipped[rel] = "unreadable"
-            return
-        out, done = fit_patch(img, image_size, small_patches)
-        if out is None:
-            skipped[rel] = f"smaller than {image_size}px (data.small_patches=drop)"
-            return
-        fitted[i] = done
-        images[i] = out
-        keep[i] = True
+    root = str(manifest.root) + os.sep
 
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        list(tqdm(pool.map(work, range(n)), total=n, desc="decode", unit="patch",
-                  disable=not progress, mininterval=0.5))
+    def work(lo: int, hi: int) -> int:
+        for i in range(lo, hi):
+            rel = manifest.paths[i]
+            img = _read(root + rel, color)
+            if img is None:
+                skipped[rel] = "unreadable"
+                continue
+            out, done = fit_patch(img, image_size, small_patches)
+            if out is None:
+                skipped[rel] = f"smaller than {image_size}px (data.small_patches=drop)"
+                continue
+            fitted[i] = done
+            images[i] = out
+            keep[i] = True
+        return hi - lo
+
+    # A few contiguous slices per thread: one task per image would cost more than decoding it.
+    workers = max(1, workers)
+    bounds = np.linspace(0, n, min(n, workers * 4) + 1).astype(int)
+    with ThreadPoolExecutor(max_workers=workers) as pool, tqdm(
+        total=n, desc="decode", unit="patch", disable=not progress, mininterval=0.5
+    ) as bar:
+        for count in pool.map(work, bounds[:-1], bounds[1:]):
+            bar.update(count)
     return Decoded(
         images, keep, skipped,
         padded=int((fitted == "padded").sum()), resized=int((fitted == "resized").sum()),
