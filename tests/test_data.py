@@ -158,3 +158,10 @@ def test_batches_equal_the_decoded_images_and_augment_only_training():
         variants += [v[:, ::-1] for v in variants]
         assert any(np.array_equal(img, v) for v in variants) and label == labels[i]
     assert not all(np.array_equal(a, images[i]) for a, i in zip(x, sorted_idx))
+
+
+def test_the_generator_never_writes_over_a_real_dataset(tmp_path):
+    real = write_patch(tmp_path / "mine", "8863", 0)
+    with pytest.raises(FileExistsError, match="refusing to write one over it"):
+        generate(tmp_path / "mine", SyntheticSpec(patients=3, patches_per_patient=5))
+    assert real.exists()

@@ -15,7 +15,8 @@ from conftest import IDC_MINI, REPO, cli_env
 
 pytestmark = pytest.mark.slow
 
-TINY = ["debug=fast", "tuner.max_trials=2", "data.synthetic.patches_per_patient=40"]
+TINY = ["debug=fast", "tuner.max_trials=2", "data.synthetic.patients=6",
+        "data.synthetic.patches_per_patient=40"]
 
 
 def runs(workdir: Path) -> tuple[MlflowClient, list, list]:

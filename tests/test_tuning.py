@@ -23,7 +23,7 @@ class FirstFitFails(CNNHyperModel):
 def test_failed_trial_is_recorded_and_the_search_goes_on(compose_cfg, tmp_path, monkeypatch):
     monkeypatch.setattr(runner, "CNNHyperModel", FirstFitFails)
     cfg = compose_cfg("debug=fast", "tuner.max_trials=3", "trainer.verbose=0",
-                      "data.synthetic.patches_per_patient=40")
+                      "data.synthetic.patients=6", "data.synthetic.patches_per_patient=40")
     metrics = runner.run(cfg)
     assert 0.0 <= metrics["test_auc"] <= 1.0
 
@@ -50,7 +50,7 @@ def test_all_trials_failing_is_an_error_that_says_so(compose_cfg, monkeypatch):
     monkeypatch.setattr(runner, "CNNHyperModel", AlwaysFails)
     cfg = compose_cfg("debug=fast", "tuner.max_trials=2", "trainer.verbose=0", "logger=none",
                       "tuner.max_consecutive_failed_trials=5",
-                      "data.synthetic.patches_per_patient=40")
+                      "data.synthetic.patients=6", "data.synthetic.patches_per_patient=40")
     with pytest.raises(RuntimeError, match="every trial failed"):
         runner.run(cfg)
 
@@ -67,3 +67,20 @@ def test_auto_class_weights_balance_the_training_split(tiny_root, tmp_path):
     assert runner.class_weight(data, "none") is None
     with pytest.raises(ValueError, match="auto or none"):
         runner.class_weight(data, "balanced")
+
+
+def test_skipped_files_are_reported_on_the_search_run(compose_cfg, tiny_root, tmp_path):
+    import shutil
+
+    root = tmp_path / "data"
+    shutil.copytree(tiny_root, root)
+    broken = sorted((root / "90002" / "1").iterdir())[0]
+    broken.write_bytes(b"not a png")
+    cfg = compose_cfg("data=idc", f"data.root={root}", "data.image_size=32", "debug=fast",
+                      "tuner.max_trials=1", "trainer.verbose=0", "trainer.steps_per_epoch=1")
+    runner.run(cfg)
+    client = MlflowClient(tracking_uri=cfg.logger.tracking_uri)
+    run = client.search_runs([client.get_experiment_by_name("histo_exp").experiment_id],
+                             "tags.`histo_exp.role` = 'search'")[0]
+    report = client.download_artifacts(run.info.run_id, "skipped.tsv", str(tmp_path))
+    assert f"90002/1/{broken.name}\tunreadable" in open(report).read()

@@ -118,6 +118,11 @@ def generate(root: Path, spec: SyntheticSpec, workers: int = 1) -> Path:
             f"{root} holds a synthetic dataset made from another spec; remove it or pick "
             "another data.root"
         )
+    if root.exists() and any(root.iterdir()):
+        raise FileExistsError(
+            f"{root} is not empty and holds no synthetic dataset; refusing to write one over it "
+            "(for your own data use data=idc)"
+        )
     tmp = root.with_name(root.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     jobs = [(tmp, spec, k, n) for k, n in enumerate(spec.counts())]
@@ -128,7 +133,8 @@ def generate(root: Path, spec: SyntheticSpec, workers: int = 1) -> Path:
         for job in jobs:
             _write_patient(*job)
     (tmp / DONE).write_text(json.dumps(asdict(spec)))
-    shutil.rmtree(root, ignore_errors=True)
+    if root.exists():
+        root.rmdir()  # empty (checked above)
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp.rename(root)
     return root
