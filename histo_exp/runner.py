@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import subprocess
 import warnings
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,9 @@ from omegaconf import DictConfig, OmegaConf
 from histo_exp.config import config_yaml
 from histo_exp.data.batches import Augment, PatchBatches
 from histo_exp.data.dataset import PatchData, load
-from histo_exp.evaluate import plot_roc, predict
+from histo_exp import __version__
+from histo_exp.evaluate import evaluate, save_model
+from histo_exp.evaluation.plots import plot_history, plot_trials
 from histo_exp.model.hypermodel import CNNHyperModel
 from histo_exp.tracking import NullTracker, flatten
 from histo_exp.tuning import build_tuner, format_hparams
@@ -44,8 +47,8 @@ def class_weight(data: PatchData, mode: str | None) -> dict[int, float] | None:
     return {c: float(counts.sum() / (2 * counts[c])) for c in (0, 1)}
 
 
-def search(cfg: DictConfig, data: PatchData, tracker: NullTracker) -> tuple[keras.Model, Any]:
-    """Run the tuner over the config's search space; returns the best model and its trial."""
+def search(cfg: DictConfig, data: PatchData, tracker: NullTracker) -> tuple[keras.Model, Any, Any]:
+    """Run the tuner over the config's search space; returns the best model, its trial, the tuner."""
     trainer = cfg.trainer
     weights = class_weight(data, trainer.get("class_weight"))
     if weights:
@@ -72,7 +75,51 @@ def search(cfg: DictConfig, data: PatchData, tracker: NullTracker) -> tuple[kera
     with warnings.catch_warnings():  # reloading weights only: the optimizer state is not needed
         warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
         model = tuner.get_best_models(1)[0]
-    return model, best[0]
+    return model, best[0], tuner
+
+
+def provenance() -> dict[str, str]:
+    """Package version, git commit of the source checkout (if any), Keras version and backend."""
+    tags = {"histo_exp.version": __version__, "histo_exp.keras_backend": keras.backend.backend(),
+            "histo_exp.keras_version": keras.__version__}
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent,
+                                capture_output=True, text=True, timeout=10)
+        if commit.returncode == 0:
+            tags["histo_exp.git_commit"] = commit.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return tags
+
+
+def log_results(cfg: DictConfig, data: PatchData, model: keras.Model, tuner: Any, trial: Any,
+                tracker: NullTracker, out: Path) -> dict[str, float]:
+    """Evaluate the best model and log metrics, plots, maps, the model and the split."""
+    result = evaluate(model, data, cfg.eval, int(cfg.trainer.batch_size), out, int(cfg.seed))
+    metrics = {"best_val_auc": float(trial.score), **result.metrics}
+    tracker.log_metrics(metrics)
+    meta = {"image_size": int(cfg.data.image_size), "color": str(cfg.data.color),
+            "threshold": result.threshold, "threshold_method": str(cfg.eval.threshold),
+            "classes": ["no IDC", "IDC"], **provenance()}
+    tracker.log_artifact(save_model(model, out / "best_model.keras", meta), "model")
+    plots = [*result.plots, plot_trials(
+        [(t.hyperparameters.values, t.score) for t in tuner.oracle.trials.values() if t.score is not None],
+        out / "trials.png")]
+    if tuner.histories.get(trial.trial_id):
+        plots.append(plot_history(tuner.histories[trial.trial_id], out / "training_curves.png",
+                                  f"best trial {trial.trial_id}"))
+    for path in plots:
+        tracker.log_artifact(path)
+    for path in result.maps:
+        tracker.log_artifact(path, "maps")
+    split_csv = out / "split.csv"
+    split_csv.write_text(data.split_table())
+    tracker.log_artifact(split_csv)
+    if data.skipped:
+        tracker.log_artifact(data.cache / "skipped.tsv")
+    log.info("best trial %s: val_auc=%.4f  [%s]\n%s", trial.trial_id, trial.score,
+             format_hparams(trial.hyperparameters.values), result.table)
+    return metrics
 
 
 def run(cfg: DictConfig) -> dict[str, float]:
@@ -88,29 +135,14 @@ def run(cfg: DictConfig) -> dict[str, float]:
         flatten(OmegaConf.to_container(cfg, resolve=True)),
         config_yaml(cfg),
         run_name=f"{cfg.task_name}-{cfg.optimizer.name}",
-        tags={"histo_exp.keras_backend": keras.backend.backend()},
+        tags=provenance(),
     )
     status = "FAILED"
     try:
-        model, trial = search(cfg, data, tracker)
-        test = predict(model, make_batches(data, "test", cfg.trainer.batch_size, cfg.seed))
-        metrics = {"best_val_auc": float(trial.score), "test_auc": test.auc}
-        model_path = out / "best_model.keras"
-        model.save(model_path)
-        tracker.log_metrics(metrics)
-        tracker.log_artifact(model_path, "model")
-        tracker.log_artifact(plot_roc(test, out / "roc.png"))
-        split_csv = out / "split.csv"
-        split_csv.write_text(data.split_table())
-        tracker.log_artifact(split_csv)
-        if data.skipped:
-            tracker.log_artifact(data.cache / "skipped.tsv")
+        model, trial, tuner = search(cfg, data, tracker)
+        metrics = log_results(cfg, data, model, tuner, trial, tracker, out)
         status = "FINISHED"
-        log.info(
-            "best trial %s: val_auc=%.4f  [%s]\ntest AUC (held-out patients): %.4f\noutputs: %s\n%s",
-            trial.trial_id, trial.score, format_hparams(trial.hyperparameters.values),
-            test.auc, out, tracker.describe(),
-        )
+        log.info("outputs: %s (maps in %s)\n%s", out, out / "maps", tracker.describe())
         if data.skipped:
             log.warning("%d files were skipped (listed in %s)", len(data.skipped),
                         data.cache / "skipped.tsv")

@@ -34,6 +34,19 @@ def flatten(tree: Mapping, prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def download_model(run_id: str, tracking_uri: str, folder: Path) -> Path:
+    """The best model a search run logged (``model/best_model.keras``), fetched into ``folder``."""
+    client = MlflowClient(tracking_uri=tracking_uri)
+    try:
+        client.get_run(run_id)
+    except Exception as err:
+        raise FileNotFoundError(
+            f"model={run_id!r} is neither a .keras file nor a run in {tracking_uri} "
+            "(pass tracking_uri=... for another store)"
+        ) from err
+    return Path(client.download_artifacts(run_id, "model/best_model.keras", str(folder)))
+
+
 class NullTracker:
     """Records nothing (``logger=none``)."""
 
@@ -46,6 +59,8 @@ class NullTracker:
     def end_trial(self, status: str, metrics: Mapping[str, float], error: str | None = None) -> None: ...
     def log_metrics(self, metrics: Mapping[str, float]) -> None: ...
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None: ...
+    def log_trial_artifact(self, path: str | Path) -> None: ...
+    def set_tags(self, tags: Mapping[str, str]) -> None: ...
     def end_search(self, status: str) -> None: ...
 
     def describe(self) -> str:
@@ -116,6 +131,14 @@ class MlflowTracker(NullTracker):
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         self.client.log_artifact(self.search_run_id, str(path), artifact_path)
+
+    def log_trial_artifact(self, path: str | Path) -> None:
+        if self.trial_run_id:
+            self.client.log_artifact(self.trial_run_id, str(path))
+
+    def set_tags(self, tags: Mapping[str, str]) -> None:
+        for key, value in tags.items():
+            self.client.set_tag(self.search_run_id, key, value)
 
     def end_search(self, status: str) -> None:
         if self.trial_run_id:

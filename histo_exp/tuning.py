@@ -11,6 +11,7 @@ from typing import Any
 import keras_tuner as kt
 from hydra.utils import instantiate
 
+from histo_exp.evaluation.plots import plot_history
 from histo_exp.space import to_plain
 from histo_exp.tracking import NullTracker
 
@@ -33,6 +34,7 @@ class TrackedTuner:
 
     def __init__(self, *args: Any, tracker: NullTracker | None = None, **kwargs: Any) -> None:
         self.tracker = tracker or NullTracker()
+        self.histories: dict[str, dict[str, list[float]]] = {}  # trial id -> metric -> per epoch
         super().__init__(*args, **kwargs)
 
     def on_search_begin(self) -> None:
@@ -48,12 +50,19 @@ class TrackedTuner:
     def on_epoch_end(self, trial, model, epoch, logs=None) -> None:
         super().on_epoch_end(trial, model, epoch, logs=logs)
         self.tracker.log_epoch(epoch, logs or {})
+        history = self.histories.setdefault(trial.trial_id, {})
+        for name, value in (logs or {}).items():
+            history.setdefault(name, []).append(float(value))
 
     def on_trial_end(self, trial: kt.engine.trial.Trial) -> None:
         super().on_trial_end(trial)
         status = STATUS.get(str(trial.status), "FAILED")
         score = trial.score
         metrics = {self.oracle.objective.name: score} if score is not None else {}
+        if self.histories.get(trial.trial_id):
+            path = Path(self.get_trial_dir(trial.trial_id)) / "training_curves.png"
+            plot_history(self.histories[trial.trial_id], path, f"trial {trial.trial_id}")
+            self.tracker.log_trial_artifact(path)
         self.tracker.end_trial(status, metrics, error=trial.message)
         shown = f"{score:.4f}" if score is not None else "n/a"
         line = f"trial {trial.trial_id} {trial.status.lower()}: {self.oracle.objective.name}={shown}"

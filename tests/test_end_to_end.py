@@ -33,31 +33,51 @@ def test_default_command_logs_a_search_with_its_trials(run_cli, tmp_path):
     done = run_cli(TINY)
     assert done.returncode == 0, done.stderr[-3000:]
     out = done.stdout + done.stderr
-    for expected in ("trial 0 completed: val_auc=", "best trial", "test AUC (held-out patients)",
-                     "make ui", "mlflow ui --backend-store-uri sqlite:///"):
+    for expected in ("trial 0 completed: val_auc=", "best trial", "decision threshold",
+                     "test 95% CI (by patient)", "balanced_accuracy", "make ui",
+                     "mlflow ui --backend-store-uri sqlite:///"):
         assert expected in out
     client, search, trials = runs(tmp_path)
     assert len(search) == 1 and len(trials) == 2
     run = search[0]
     assert run.info.status == "FINISHED" and run.data.tags["histo_exp.keras_backend"] == "tensorflow"
     assert 0.0 <= run.data.metrics["test_auc"] <= 1.0 and "best_val_auc" in run.data.metrics
+    for split in ("val", "test"):
+        for name in ("auc", "pr_auc", "f1", "balanced_accuracy", "sensitivity", "specificity", "accuracy"):
+            assert f"{split}_{name}" in run.data.metrics
+    m = run.data.metrics
+    assert m["test_auc_ci_low"] <= m["test_auc"] <= m["test_auc_ci_high"] and "threshold" in m
+    assert run.data.tags["histo_exp.version"] and len(run.data.tags["histo_exp.git_commit"]) == 40
     assert run.data.params["optimizer.name"] == "adam" and run.data.params["tuner.max_trials"] == "2"
     for trial in trials:
         assert trial.data.tags["mlflow.parentRunId"] == run.info.run_id
         assert trial.info.status == "FINISHED"
         assert "val_auc" in trial.data.metrics and "learning_rate" in trial.data.params
+        assert [a.path for a in client.list_artifacts(trial.info.run_id)] == ["training_curves.png"]
         history = client.get_metric_history(trial.info.run_id, "val_auc")
         assert {m.step for m in history} >= {0}
         for name in ("loss", "auc", "val_loss"):
             assert client.get_metric_history(trial.info.run_id, name)
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"config.yaml", "roc.png", "split.csv", "model"} <= artifacts
+    assert {"config.yaml", "roc.png", "pr.png", "confusion.png", "trials.png", "training_curves.png",
+            "split.csv", "model", "maps"} <= artifacts
+    maps = [a.path for a in client.list_artifacts(run.info.run_id, "maps")]
+    assert maps and all(p.startswith("maps/9000") and p.endswith(".png") for p in maps)
     split_csv = client.download_artifacts(run.info.run_id, "split.csv", str(tmp_path))
     rows = Path(split_csv).read_text().splitlines()
     assert rows[0] == "patient,split,patches,idc_share" and len(rows) == 1 + 6
     assert {r.split(",")[1] for r in rows[1:]} == {"train", "val", "test"}
     assert [a.path for a in client.list_artifacts(run.info.run_id, "model")] == ["model/best_model.keras"]
     assert max(t.data.metrics["val_auc"] for t in trials) == pytest.approx(run.data.metrics["best_val_auc"])
+
+    # The run id is enough to predict: the model file carries size, colour and threshold.
+    predicted = subprocess.run(
+        [sys.executable, "-m", "histo_exp.predict", f"model={run.info.run_id}",
+         f"input={tmp_path}/outputs", "output=pred.csv"],
+        cwd=tmp_path, env=cli_env(tmp_path), capture_output=True, text=True, timeout=300,
+    )
+    assert predicted.returncode == 0, predicted.stderr[-3000:]
+    assert f"threshold {m['threshold']:.3f}" in predicted.stderr + predicted.stdout
 
 
 def test_multirun_of_the_three_optimizers_gives_three_searches(run_cli, tmp_path):

@@ -24,6 +24,8 @@ class PatchData:
     images: np.ndarray
     labels: np.ndarray
     patients: np.ndarray
+    x: np.ndarray  # slide coordinates of each patch (top-left pixel), from the file names
+    y: np.ndarray
     split: Split
     root: Path
     cache: Path
@@ -129,7 +131,8 @@ def load(cfg: Mapping, progress: bool = True) -> PatchData:
     )
     split = Split(train=kept[inner.train], val=kept[inner.val], test=kept[inner.test])
     return PatchData(
-        images=cached.images, labels=manifest.labels, patients=manifest.patients, split=split,
+        images=cached.images, labels=manifest.labels, patients=manifest.patients,
+        x=manifest.x, y=manifest.y, split=split,
         root=manifest.root, cache=cached.folder, skipped=cached.skipped, ignored=manifest.ignored,
         padded=cached.padded, resized=cached.resized,
     )

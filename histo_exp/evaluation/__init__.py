@@ -1,0 +1,1 @@
+"""Evaluation of the best model: metrics at a chosen threshold, confidence intervals, plots, maps."""

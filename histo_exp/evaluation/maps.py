@@ -1,0 +1,60 @@
+"""Per-patient slide maps rebuilt from patch coordinates: tissue, ground truth, predicted IDC."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+STEP = 50  # the dataset's patch grid, in slide pixels
+THUMB = 8  # pixels per patch in the tissue panel
+
+
+def grid(x: np.ndarray, y: np.ndarray, values: np.ndarray, step: int = STEP) -> np.ndarray:
+    """Values laid out on the slide's patch grid; cells without a patch are NaN."""
+    col, row = (x - x.min()) // step, (y - y.min()) // step
+    out = np.full((row.max() + 1, col.max() + 1), np.nan)
+    out[row, col] = values
+    return out
+
+
+def mosaic(x: np.ndarray, y: np.ndarray, images: np.ndarray, step: int = STEP) -> np.ndarray:
+    """The tissue itself: each patch shrunk to THUMB px and put at its place on white."""
+    col, row = (x - x.min()) // step, (y - y.min()) // step
+    channels = images.shape[-1]
+    out = np.full(((row.max() + 1) * THUMB, (col.max() + 1) * THUMB, channels), 255, np.uint8)
+    for r, c, img in zip(row, col, images):
+        thumb = cv2.resize(np.asarray(img), (THUMB, THUMB), interpolation=cv2.INTER_AREA)
+        out[r * THUMB:(r + 1) * THUMB, c * THUMB:(c + 1) * THUMB] = thumb.reshape(THUMB, THUMB, channels)
+    return out[..., 0] if channels == 1 else out
+
+
+def plot_patient_map(
+    patient: str, x: np.ndarray, y: np.ndarray, labels: np.ndarray | None, prob: np.ndarray,
+    path: Path, images: np.ndarray | None = None, threshold: float | None = None,
+) -> Path:
+    """Tissue (when given), ground truth (when known) and predicted IDC probability side by side."""
+    panels = []
+    if images is not None:
+        panels.append(("tissue", mosaic(x, y, images), {"cmap": "gray" if images.shape[-1] == 1 else None}))
+    if labels is not None:
+        panels.append(("ground truth (IDC = red)", grid(x, y, labels),
+                       {"cmap": matplotlib.colors.ListedColormap(["#d9d9d9", "#d62728"]), "vmin": 0, "vmax": 1}))
+    panels.append(("predicted IDC probability", grid(x, y, prob), {"cmap": "inferno", "vmin": 0, "vmax": 1}))
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4.4), dpi=110, squeeze=False)
+    for ax, (title, img, kw) in zip(axes[0], panels):
+        shown = ax.imshow(img, interpolation="nearest", **kw)
+        ax.set_title(title, fontsize=10)
+        ax.axis("off")
+    fig.colorbar(shown, ax=axes[0][-1], fraction=0.046, pad=0.04)
+    extra = f", threshold {threshold:.2f}" if threshold is not None else ""
+    fig.suptitle(f"patient {patient}: {len(prob)} patches{extra}")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path

@@ -1,0 +1,97 @@
+"""Metrics against scikit-learn, threshold choice, patient bootstrap, plots and slide maps."""
+
+import numpy as np
+import pytest
+from sklearn.metrics import (
+    accuracy_score,
+    average_precision_score,
+    balanced_accuracy_score,
+    f1_score,
+    recall_score,
+    roc_auc_score,
+)
+
+from histo_exp.data.index import index
+from histo_exp.evaluation.maps import grid, plot_patient_map
+from histo_exp.evaluation.metrics import Scores, binary_metrics, bootstrap_by_patient, choose_threshold
+from histo_exp.evaluation.plots import plot_confusion, plot_history, plot_pr, plot_roc, plot_trials
+
+
+@pytest.fixture
+def scores():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 400)
+    p = np.clip(0.35 * y + rng.normal(0.35, 0.2, 400), 0, 1)
+    return Scores(y, p, np.repeat([f"p{i}" for i in range(8)], 50))
+
+
+def test_metrics_equal_scikit_learn(scores):
+    y, p = scores.y_true, scores.y_prob
+    m = binary_metrics(y, p, 0.5)
+    pred = p >= 0.5
+    assert m["auc"] == pytest.approx(roc_auc_score(y, p))
+    assert m["pr_auc"] == pytest.approx(average_precision_score(y, p))
+    assert m["f1"] == pytest.approx(f1_score(y, pred))
+    assert m["balanced_accuracy"] == pytest.approx(balanced_accuracy_score(y, pred))
+    assert m["sensitivity"] == pytest.approx(recall_score(y, pred))
+    assert m["specificity"] == pytest.approx(recall_score(1 - y, ~pred))
+    assert m["accuracy"] == pytest.approx(accuracy_score(y, pred))
+
+
+def test_thresholds_maximise_their_criterion(scores):
+    y, p = scores.y_true, scores.y_prob
+    youden = choose_threshold(y, p, "youden")
+    f1 = choose_threshold(y, p, "f1")
+    assert choose_threshold(y, p, 0.5) == 0.5
+    def j(t):
+        m = binary_metrics(y, p, t)
+        return m["sensitivity"] + m["specificity"]
+    grid_ = np.unique(p)
+    assert j(youden) >= max(j(t) for t in grid_) - 1e-9
+    assert f1_score(y, p >= f1) >= max(f1_score(y, p >= t) for t in grid_) - 1e-9
+    with pytest.raises(ValueError, match="youden, f1 or a number"):
+        choose_threshold(y, p, "median")
+
+
+def test_bootstrap_resamples_whole_patients(scores):
+    ci = bootstrap_by_patient(scores, 0.5, n=200, seed=1)
+    assert ci["auc"][0] < scores.auc < ci["auc"][1]
+    assert 0 <= ci["f1"][0] < ci["f1"][1] <= 1
+    assert ci == bootstrap_by_patient(scores, 0.5, n=200, seed=1)
+    # One patient per class and nothing else: a patient bootstrap often draws one class only.
+    lone = Scores(np.array([0] * 5 + [1] * 5), np.linspace(0, 1, 10), np.repeat(["a", "b"], 5))
+    narrow = bootstrap_by_patient(lone, 0.5, n=50, seed=0)
+    assert narrow["auc"] == (1.0, 1.0)
+
+
+def test_plots_are_non_empty_pngs_of_sane_size(scores, tmp_path):
+    import cv2
+
+    paths = [
+        plot_roc(scores, 0.5, tmp_path / "roc.png"),
+        plot_pr(scores, 0.5, tmp_path / "pr.png"),
+        plot_confusion(scores, 0.5, tmp_path / "cm.png"),
+        plot_history({"loss": [0.7, 0.5], "val_loss": [0.6, 0.55], "auc": [0.7, 0.8],
+                      "val_auc": [0.75, 0.8]}, tmp_path / "h.png", "trial 0"),
+        plot_trials([({"lr": 1e-3, "act": "relu"}, 0.8), ({"lr": 1e-2, "act": "elu"}, 0.7)],
+                    tmp_path / "t.png"),
+    ]
+    for path in paths:
+        img = cv2.imread(str(path))
+        assert img is not None and 300 <= img.shape[0] <= 2000 and 300 <= img.shape[1] <= 2000
+        assert img.std() > 10  # something is drawn
+
+
+def test_slide_map_puts_each_patch_at_its_place(tiny_root, tmp_path):
+    m = index(tiny_root)
+    mine = m.patients == m.patients[0]
+    x, y, labels = m.x[mine], m.y[mine], m.labels[mine]
+    prob = np.where(labels == 1, 0.9, 0.1)  # a model that knows the pattern
+    truth, predicted = grid(x, y, labels), grid(x, y, prob)
+    assert np.array_equal(np.isnan(truth), np.isnan(predicted))
+    assert (predicted[truth == 1] > 0.5).all() and (predicted[truth == 0] < 0.5).all()
+    col, row = (x[0] - x.min()) // 50, (y[0] - y.min()) // 50
+    assert truth[row, col] == labels[0]
+    images = np.zeros((mine.sum(), 50, 50, 3), np.uint8)
+    path = plot_patient_map(m.patients[0], x, y, labels, prob, tmp_path / "map.png", images, 0.5)
+    assert path.stat().st_size > 5000
