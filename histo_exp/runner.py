@@ -102,6 +102,7 @@ def log_results(cfg: DictConfig, data: PatchData, model: keras.Model, tuner: Any
             "threshold": result.threshold, "threshold_method": str(cfg.eval.threshold),
             "classes": ["no IDC", "IDC"], **provenance()}
     tracker.log_artifact(save_model(model, out / "best_model.keras", meta), "model")
+    tracker.register("model")
     plots = [*result.plots, plot_trials(
         [(t.hyperparameters.values, t.score) for t in tuner.oracle.trials.values() if t.score is not None],
         out / "trials.png")]

@@ -61,6 +61,7 @@ class NullTracker:
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None: ...
     def log_trial_artifact(self, path: str | Path) -> None: ...
     def set_tags(self, tags: Mapping[str, str]) -> None: ...
+    def register(self, artifact_path: str) -> str | None: ...
     def end_search(self, status: str) -> None: ...
 
     def describe(self) -> str:
@@ -70,9 +71,12 @@ class NullTracker:
 class MlflowTracker(NullTracker):
     """Logs through ``MlflowClient`` with explicit run ids, so nothing depends on a global run."""
 
-    def __init__(self, tracking_uri: str, experiment_name: str, artifact_location: str | None = None):
+    def __init__(self, tracking_uri: str, experiment_name: str, artifact_location: str | None = None,
+                 register_model: bool = False, registered_model_name: str = "histo_exp"):
         self.tracking_uri = tracking_uri
         self.experiment_name = experiment_name
+        self.register_model = register_model
+        self.registered_model_name = registered_model_name
         if tracking_uri.startswith("sqlite:///"):
             Path(tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         self.client = MlflowClient(tracking_uri=tracking_uri)
@@ -135,6 +139,18 @@ class MlflowTracker(NullTracker):
     def log_trial_artifact(self, path: str | Path) -> None:
         if self.trial_run_id:
             self.client.log_artifact(self.trial_run_id, str(path))
+
+    def register(self, artifact_path: str) -> str | None:
+        """Add the search run's model to the model registry when ``logger.register_model``."""
+        if not self.register_model:
+            return None
+        name = self.registered_model_name
+        if not self.client.search_registered_models(f"name = '{name}'"):
+            self.client.create_registered_model(name)
+        source = f"{self.client.get_run(self.search_run_id).info.artifact_uri}/{artifact_path}"
+        version = self.client.create_model_version(name, source, run_id=self.search_run_id)
+        log.info("registered %s version %s", name, version.version)
+        return version.version
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
         for key, value in tags.items():

@@ -84,3 +84,15 @@ def test_skipped_files_are_reported_on_the_search_run(compose_cfg, tiny_root, tm
                              "tags.`histo_exp.role` = 'search'")[0]
     report = client.download_artifacts(run.info.run_id, "skipped.tsv", str(tmp_path))
     assert f"90002/1/{broken.name}\tunreadable" in open(report).read()
+
+
+def test_best_model_can_be_registered(compose_cfg):
+    cfg = compose_cfg("debug=fast", "tuner.max_trials=1", "trainer.verbose=0", "eval.bootstrap=20",
+                      "data.synthetic.patients=6", "data.synthetic.patches_per_patient=40",
+                      "logger.register_model=true", "logger.registered_model_name=idc-test")
+    runner.run(cfg)
+    runner.run(cfg)
+    client = MlflowClient(tracking_uri=cfg.logger.tracking_uri)
+    versions = client.search_model_versions("name = 'idc-test'")
+    assert sorted(int(v.version) for v in versions) == [1, 2]
+    assert all(v.source.endswith("/model") and v.run_id for v in versions)

@@ -54,7 +54,11 @@ def release_pages(images: np.ndarray) -> None:
 
 
 class PatchBatches(keras.utils.PyDataset):
-    """Yields ``(uint8 images, one-hot float32 labels)``; shuffles per epoch when training."""
+    """Yields ``(uint8 images, one-hot float32 labels)``; shuffles per epoch when training.
+
+    The order and the augmentation of batch ``i`` in epoch ``e`` come from ``(seed, e, i)``
+    alone, so they are the same whichever thread or order Keras asks for batches in.
+    """
 
     def __init__(
         self,
@@ -74,10 +78,9 @@ class PatchBatches(keras.utils.PyDataset):
         self.batch_size = int(batch_size)
         self.shuffle = shuffle
         self.augment = augment
-        self._rng = np.random.default_rng(seed)
-        self._order = self.indices.copy()
-        if shuffle:
-            self._rng.shuffle(self._order)
+        self.seed = seed
+        self._epoch = 0
+        self._order = self._epoch_order()
 
     def __len__(self) -> int:
         return math.ceil(len(self.indices) / self.batch_size)
@@ -89,12 +92,17 @@ class PatchBatches(keras.utils.PyDataset):
         x = self.images[idx]
         release_pages(self.images)
         if self.augment:
-            x = self.augment(x, self._rng)
+            x = self.augment(x, np.random.default_rng([self.seed, self._epoch, i]))
         return x, np.eye(2, dtype="float32")[self.labels[idx]]
 
+    def _epoch_order(self) -> np.ndarray:
+        if not self.shuffle:
+            return self.indices
+        return np.random.default_rng([self.seed, self._epoch]).permutation(self.indices)
+
     def on_epoch_end(self) -> None:
-        if self.shuffle:
-            self._rng.shuffle(self._order)
+        self._epoch += 1
+        self._order = self._epoch_order()
 
     @property
     def targets(self) -> np.ndarray:
