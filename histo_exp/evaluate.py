@@ -66,7 +66,8 @@ def evaluate(model: keras.Model, data: PatchData, cfg: Mapping, batch_size: int,
         metrics[f"test_{name}_ci_low"], metrics[f"test_{name}_ci_high"] = lo, hi
     plots = [plot_roc(test, threshold, out / "roc.png"), plot_pr(test, threshold, out / "pr.png"),
              plot_confusion(test, threshold, out / "confusion.png")]
-    return Evaluation(threshold, metrics, metrics_table(val_m, test_m, ci, threshold, method), plots,
+    table = metrics_table(val_m, test_m, ci, threshold, method, np.unique(test.patients).size)
+    return Evaluation(threshold, metrics, table, plots,
                       patient_maps(data, test, threshold, out / "maps", int(cfg.get("max_maps", 20))))
 
 

@@ -12,6 +12,7 @@ import keras
 import numpy as np
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from sklearn.exceptions import ConvergenceWarning
 
 from histo_exp.config import config_yaml
 from histo_exp.data.batches import Augment, PatchBatches
@@ -61,11 +62,13 @@ def search(cfg: DictConfig, data: PatchData, tracker: NullTracker) -> tuple[kera
     )
     tuner = build_tuner(cfg.tuner, hypermodel, tracker)
     augment = Augment.from_config(cfg.data.get("augment"))
-    tuner.search(
-        make_batches(data, "train", trainer.batch_size, cfg.seed, augment),
-        validation_data=make_batches(data, "val", trainer.batch_size, cfg.seed),
-        verbose=int(trainer.verbose),
-    )
+    with warnings.catch_warnings():  # the Gaussian process's fit notes, once per trial: noise here
+        warnings.filterwarnings("ignore", category=ConvergenceWarning)
+        tuner.search(
+            make_batches(data, "train", trainer.batch_size, cfg.seed, augment),
+            validation_data=make_batches(data, "val", trainer.batch_size, cfg.seed),
+            verbose=int(trainer.verbose),
+        )
     best = tuner.oracle.get_best_trials(1)
     if not best or best[0].score is None:
         raise RuntimeError(

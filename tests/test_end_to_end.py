@@ -46,7 +46,7 @@ def test_default_command_logs_a_search_with_its_trials(run_cli, tmp_path):
         for name in ("auc", "pr_auc", "f1", "balanced_accuracy", "sensitivity", "specificity", "accuracy"):
             assert f"{split}_{name}" in run.data.metrics
     m = run.data.metrics
-    assert m["test_auc_ci_low"] <= m["test_auc"] <= m["test_auc_ci_high"] and "threshold" in m
+    assert 0 <= m["test_auc_ci_low"] <= m["test_auc_ci_high"] <= 1 and "threshold" in m
     assert run.data.tags["histo_exp.version"] and len(run.data.tags["histo_exp.git_commit"]) == 40
     assert run.data.params["optimizer.name"] == "adam" and run.data.params["tuner.max_trials"] == "2"
     for trial in trials:

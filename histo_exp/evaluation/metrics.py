@@ -85,10 +85,13 @@ def bootstrap_by_patient(
 
 
 def metrics_table(val: dict[str, float], test: dict[str, float],
-                  ci: dict[str, tuple[float, float]], threshold: float, method: str | float) -> str:
+                  ci: dict[str, tuple[float, float]], threshold: float, method: str | float,
+                  test_patients: int) -> str:
     """The end-of-run table: one row per metric, validation and test side by side."""
     lines = [f"decision threshold {threshold:.3f} (eval.threshold={method}, chosen on validation)",
              f"{'metric':18s} {'val':>7s} {'test':>7s}   test 95% CI (by patient)"]
+    if test_patients < 10:
+        lines[1] += f": only {test_patients} test patients, so a rough one"
     for name in METRICS:
         interval = f"   [{ci[name][0]:.3f}, {ci[name][1]:.3f}]" if name in ci else ""
         lines.append(f"{name:18s} {val[name]:7.4f} {test[name]:7.4f}{interval}")
