@@ -27,6 +27,9 @@ run: $(STAMP) ## run the default experiment (synthetic data, Bayesian search, ML
 test: $(STAMP) ## run the test suite
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+lint: $(STAMP) ## static checks (ruff)
+	$(BIN)/ruff check histo_exp tests bench
+
 prepare: $(STAMP) ## index and cache a dataset only: make prepare ARGS="data=idc data.root=/path"
 	$(BIN)/python -m histo_exp.prepare $(ARGS)
 
@@ -39,4 +42,4 @@ ui: $(STAMP) ## open the MLflow UI on every run made from this folder
 clean: ## remove run outputs and the local MLflow store (keeps .venv and the data cache)
 	rm -rf outputs multirun mlruns
 
-.PHONY: help install run test prepare bench ui clean
+.PHONY: help install run test lint prepare bench ui clean

@@ -189,9 +189,9 @@ def main() -> None:
          "", "< 2 s"),
         (f"4. training, {TRAIN_SUBSET:,} images, 1 epoch", f"{t_float['rate']:,.0f} images/s",
          f"{t_ours['rate']:,.0f} images/s", f"{t_ours['rate'] / t_float['rate']:.2f}", ">= 0.95"),
-        (f"   peak RSS of that epoch", f"{t_float['peak_rss_mib'] / 1024:.2f} GiB",
+        ("   peak RSS of that epoch", f"{t_float['peak_rss_mib'] / 1024:.2f} GiB",
          f"{t_ours['peak_rss_mib'] / 1024:.2f} GiB", "", ""),
-        (f"   full set ({t_full['images']:,} images), 1 epoch, ours", "", 
+        (f"   full set ({t_full['images']:,} images), 1 epoch, ours", "",
          f"{t_full['rate']:,.0f} images/s, peak RSS {t_full['peak_rss_mib'] / 1024:.2f} GiB", "", "RSS < 1.5 GB"),
     ]
     table = ["| measure | original method | histo_exp | ratio | target |", "|---|---|---|---|---|"]
