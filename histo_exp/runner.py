@@ -22,6 +22,7 @@ from histo_exp.evaluate import evaluate, save_model
 from histo_exp.evaluation.plots import plot_history, plot_trials
 from histo_exp.model.hypermodel import CNNHyperModel
 from histo_exp.tracking import NullTracker, flatten
+from histo_exp.trials import trials_csv
 from histo_exp.tuning import build_tuner, format_hparams
 
 log = logging.getLogger(__name__)
@@ -116,6 +117,11 @@ def log_results(cfg: DictConfig, data: PatchData, model: keras.Model, tuner: Any
         tracker.log_artifact(path)
     for path in result.maps:
         tracker.log_artifact(path, "maps")
+    trials = out / "trials.csv"
+    trials.write_text(trials_csv(
+        {"trial": t.trial_id, "status": t.status, "val_auc": t.score, **t.hyperparameters.values}
+        for t in tuner.oracle.trials.values()))
+    tracker.log_artifact(trials)
     split_csv = out / "split.csv"
     split_csv.write_text(data.split_table())
     tracker.log_artifact(split_csv)

@@ -47,6 +47,20 @@ def download_model(run_id: str, tracking_uri: str, folder: Path) -> Path:
     return Path(client.download_artifacts(run_id, "model/best_model.keras", str(folder)))
 
 
+def trial_runs(run_id: str, tracking_uri: str) -> list[dict[str, Any]]:
+    """The trial runs nested under a search run: trial id, status, params, final metrics."""
+    client = MlflowClient(tracking_uri=tracking_uri)
+    try:
+        search = client.get_run(run_id)
+    except Exception as err:
+        raise FileNotFoundError(f"no run {run_id!r} in {tracking_uri} (pass --tracking-uri)") from err
+    runs = client.search_runs([search.info.experiment_id],
+                              f"tags.`mlflow.parentRunId` = '{run_id}'", max_results=10000)
+    return [{"trial": r.data.tags.get("histo_exp.trial_id", r.info.run_name),
+             "status": r.info.status, "params": r.data.params, "metrics": r.data.metrics}
+            for r in runs]
+
+
 class NullTracker:
     """Records nothing (``logger=none``)."""
 
@@ -114,17 +128,20 @@ class MlflowTracker(NullTracker):
             tags={ROLE: "trial", "mlflow.parentRunId": self.search_run_id, "histo_exp.trial_id": trial_id},
         )
         self.trial_run_id = run.info.run_id
+        self._next_step = 0
         self.client.log_batch(self.trial_run_id, params=[Param(k, str(v)) for k, v in hparams.items()])
 
     def log_epoch(self, epoch: int, metrics: Mapping[str, float]) -> None:
         if self.trial_run_id:
             self._log(self.trial_run_id, metrics, step=epoch)
+            self._next_step = epoch + 1
 
     def end_trial(self, status: str, metrics: Mapping[str, float], error: str | None = None) -> None:
         if not self.trial_run_id:
             return
         if metrics:
-            self._log(self.trial_run_id, metrics)
+            # After the last epoch, so MLflow's latest value of the metric is the final one.
+            self._log(self.trial_run_id, metrics, step=self._next_step)
         if error:
             self.client.set_tag(self.trial_run_id, ERROR, error[-MAX_TAG:])
         self.client.set_terminated(self.trial_run_id, status=status)

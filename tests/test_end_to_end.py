@@ -56,11 +56,19 @@ def test_default_command_logs_a_search_with_its_trials(run_cli, tmp_path):
         assert [a.path for a in client.list_artifacts(trial.info.run_id)] == ["training_curves.png"]
         history = client.get_metric_history(trial.info.run_id, "val_auc")
         assert {m.step for m in history} >= {0}
+        assert trial.data.metrics["val_auc"] == pytest.approx(max(m.value for m in history))
         for name in ("loss", "auc", "val_loss"):
             assert client.get_metric_history(trial.info.run_id, name)
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"config.yaml", "roc.png", "pr.png", "confusion.png", "trials.png", "training_curves.png",
-            "split.csv", "model", "maps"} <= artifacts
+            "split.csv", "trials.csv", "model", "maps"} <= artifacts
+    exported = subprocess.run(
+        [sys.executable, "-m", "histo_exp.trials", run.info.run_id, "--csv", "t.csv"],
+        cwd=tmp_path, env=cli_env(tmp_path), capture_output=True, text=True, timeout=120)
+    assert exported.returncode == 0, exported.stderr[-2000:]
+    table = (tmp_path / "t.csv").read_text().splitlines()
+    assert table[0].startswith("trial,status,val_auc,") and "learning_rate" in table[0]
+    assert len(table) == 1 + 2 and all(",FINISHED," in row for row in table[1:])
     maps = [a.path for a in client.list_artifacts(run.info.run_id, "maps")]
     assert maps and all(p.startswith("maps/9000") and p.endswith(".png") for p in maps)
     split_csv = client.download_artifacts(run.info.run_id, "split.csv", str(tmp_path))

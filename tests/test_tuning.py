@@ -41,6 +41,13 @@ def test_failed_trial_is_recorded_and_the_search_goes_on(compose_cfg, tmp_path, 
     search = [r for r in found if r.data.tags.get("histo_exp.role") == "search"]
     assert search[0].info.status == "FINISHED"
 
+    from histo_exp.trials import from_tuner_dir, trials_csv
+
+    rows = from_tuner_dir(tmp_path / "out" / "tuner")
+    assert sorted(r["status"] for r in rows) == ["COMPLETED", "COMPLETED", "FAILED"]
+    text = trials_csv(rows).splitlines()
+    assert text[0].startswith("trial,status,val_auc,") and len(text) == 4
+
 
 def test_all_trials_failing_is_an_error_that_says_so(compose_cfg, monkeypatch):
     class AlwaysFails(CNNHyperModel):
