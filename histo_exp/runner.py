@@ -60,6 +60,7 @@ def search(cfg: DictConfig, data: PatchData, tracker: NullTracker) -> tuple[kera
         cfg.model, cfg.optimizer, data.input_shape, epochs=int(trainer.epochs),
         early_stopping_patience=trainer.get("early_stopping_patience"),
         steps_per_epoch=trainer.get("steps_per_epoch"), class_weight=weights,
+        precision=str(trainer.get("precision", "float32")),
     )
     tuner = build_tuner(cfg.tuner, hypermodel, tracker)
     augment = Augment.from_config(cfg.data.get("augment"))

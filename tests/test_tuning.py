@@ -103,3 +103,17 @@ def test_best_model_can_be_registered(compose_cfg):
     versions = client.search_model_versions("name = 'idc-test'")
     assert sorted(int(v.version) for v in versions) == [1, 2]
     assert all(v.source.endswith("/model") and v.run_id for v in versions)
+
+
+def test_mixed_bfloat16_trains_end_to_end(compose_cfg):
+    import keras
+
+    cfg = compose_cfg("debug=fast", "tuner.max_trials=1", "trainer.verbose=0", "logger=none",
+                      "eval.bootstrap=20", "trainer.precision=mixed_bfloat16",
+                      "data.synthetic.patients=6", "data.synthetic.patches_per_patient=40")
+    metrics = runner.run(cfg)
+    assert 0.0 <= metrics["test_auc"] <= 1.0
+    model = keras.models.load_model(f"{cfg.paths.output_dir}/best_model.keras", compile=False)
+    conv = next(layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D))
+    assert conv.dtype_policy.name == "mixed_bfloat16" and conv.compute_dtype == "bfloat16"
+    assert model.layers[-1].dtype_policy.name == "float32"

@@ -37,8 +37,13 @@ def build_cnn(
     dropout: float = 0.25,
     dense_units: Sequence[int] = (256, 128, 64),
     name: str = "cnn",
+    dtype: str = "float32",
 ) -> keras.Model:
-    """Build the uncompiled CNN; inputs are uint8-valued images, scaled to [0, 1] inside."""
+    """Build the uncompiled CNN; inputs are uint8-valued images, scaled to [0, 1] inside.
+
+    ``dtype`` is a Keras dtype policy (``mixed_bfloat16`` for mixed precision); the softmax
+    output stays float32 either way.
+    """
     side = min(input_shape[0], input_shape[1])
     if not 1 <= blocks <= max_blocks(side):
         raise ValueError(
@@ -47,15 +52,15 @@ def build_cnn(
         )
     layers: list[keras.layers.Layer] = [
         keras.Input(shape=tuple(input_shape)),
-        keras.layers.Rescaling(1.0 / 255),
+        keras.layers.Rescaling(1.0 / 255, dtype=dtype),
     ]
     for width in block_widths(blocks, filters, max_filters):
         layers += [
-            keras.layers.Conv2D(width, kernel_size, activation=activation, padding="same"),
-            keras.layers.MaxPooling2D(),
-            keras.layers.Dropout(dropout),
+            keras.layers.Conv2D(width, kernel_size, activation=activation, padding="same", dtype=dtype),
+            keras.layers.MaxPooling2D(dtype=dtype),
+            keras.layers.Dropout(dropout, dtype=dtype),
         ]
-    layers.append(keras.layers.Flatten())
-    layers += [keras.layers.Dense(units, activation="relu") for units in dense_units]
+    layers.append(keras.layers.Flatten(dtype=dtype))
+    layers += [keras.layers.Dense(units, activation="relu", dtype=dtype) for units in dense_units]
     layers.append(keras.layers.Dense(2, activation="softmax", dtype="float32"))
     return keras.Sequential(layers, name=name)

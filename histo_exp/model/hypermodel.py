@@ -50,6 +50,7 @@ class CNNHyperModel(kt.HyperModel):
         early_stopping_patience: int | None = None,
         steps_per_epoch: int | None = None,
         class_weight: Mapping[int, float] | None = None,
+        precision: str = "float32",
     ) -> None:
         super().__init__(name=str(to_plain(model_cfg).get("name", "cnn")))
         self.model_cfg = bound_blocks(model_cfg, min(input_shape[:2]))
@@ -59,10 +60,11 @@ class CNNHyperModel(kt.HyperModel):
         self.early_stopping_patience = early_stopping_patience
         self.steps_per_epoch = steps_per_epoch
         self.class_weight = dict(class_weight) if class_weight else None
+        self.precision = precision
 
     def build(self, hp: kt.HyperParameters) -> keras.Model:
         params = sample(hp, self.model_cfg)
-        model = build_cnn(self.input_shape, **params)
+        model = build_cnn(self.input_shape, **params, dtype=self.precision)
         optimizer = instantiate(sample(hp, self.optimizer_cfg))
         model.compile(
             optimizer=optimizer,
