@@ -36,10 +36,14 @@ prepare: $(STAMP) ## index and cache a dataset only: make prepare ARGS="data=idc
 bench: $(STAMP) ## ingest and training benchmarks on a full-size synthetic IDC tree (writes bench/results.md)
 	$(BIN)/python bench/run.py
 
+server: $(STAMP) ## MLflow tracking server (SQLite + local artifacts) on $(HOST):$(PORT); log to it with logger.tracking_uri=http://$(HOST):$(PORT)
+	$(BIN)/mlflow server --backend-store-uri sqlite:///$(CURDIR)/mlruns/server.db \
+		--artifacts-destination $(CURDIR)/mlruns/server-artifacts --host $(HOST) --port $(PORT)
+
 ui: $(STAMP) ## open the MLflow UI on every run made from this folder
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlruns/mlflow.db --host $(HOST) --port $(PORT)
 
 clean: ## remove run outputs and the local MLflow store (keeps .venv and the data cache)
 	rm -rf outputs multirun mlruns
 
-.PHONY: help install run test lint prepare bench ui clean
+.PHONY: help install run test lint prepare bench server ui clean

@@ -102,7 +102,9 @@ class MlflowTracker(NullTracker):
         found = self.client.get_experiment_by_name(self.experiment_name)
         if found is not None:
             return found.experiment_id
-        location = Path(artifact_location).absolute().as_uri() if artifact_location else None
+        remote = self.tracking_uri.startswith(("http://", "https://"))
+        # A server keeps artifacts where it was told to (--artifacts-destination).
+        location = Path(artifact_location).absolute().as_uri() if artifact_location and not remote else None
         try:
             return self.client.create_experiment(self.experiment_name, artifact_location=location)
         except Exception:  # created meanwhile by a parallel job
