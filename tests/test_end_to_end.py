@@ -88,13 +88,17 @@ def test_default_command_logs_a_search_with_its_trials(run_cli, tmp_path):
     assert f"threshold {m['threshold']:.3f}" in predicted.stderr + predicted.stdout
 
 
-def test_multirun_of_the_three_optimizers_gives_three_searches(run_cli, tmp_path):
-    done = run_cli(["-m", "optimizer=adam,rmsprop,sgd", *TINY, "tuner.max_trials=1"], timeout=600)
+@pytest.mark.parametrize("launcher", ["basic", "joblib"])
+def test_multirun_of_the_three_optimizers_gives_three_searches(run_cli, tmp_path, launcher):
+    """joblib runs the jobs in parallel processes on one SQLite store: no lock errors, no lost run."""
+    done = run_cli(["-m", f"hydra/launcher={launcher}", "optimizer=adam,rmsprop,sgd", *TINY,
+                    "tuner.max_trials=1"], timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     _, search, trials = runs(tmp_path)
     assert sorted(r.data.params["optimizer.name"] for r in search) == ["adam", "rmsprop", "sgd"]
     assert all(r.info.status == "FINISHED" for r in search) and len(trials) == 3
     assert len(list((tmp_path / "multirun").glob("*/*/*/best_model.keras"))) == 3
+    assert "database is locked" not in done.stderr + done.stdout
 
 
 @pytest.mark.parametrize("args, message", [
