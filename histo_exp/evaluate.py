@@ -12,7 +12,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from histo_exp.data.batches import PatchBatches
+from histo_exp.data.batches import PatchBatches, split_batches
 from histo_exp.data.dataset import PatchData
 from histo_exp.evaluation.maps import plot_patient_map
 from histo_exp.evaluation.metrics import (
@@ -49,11 +49,8 @@ def predict(model: keras.Model, batches: PatchBatches, patients: np.ndarray | No
 def evaluate(model: keras.Model, data: PatchData, cfg: Mapping, batch_size: int, out: Path,
              seed: int) -> Evaluation:
     """Score validation and test, pick the threshold on validation, draw the figures."""
-    def batches(part: str) -> PatchBatches:
-        return PatchBatches(data.images, data.labels, getattr(data.split, part), batch_size)
-
-    val = predict(model, batches("val"), data.patients)
-    test = predict(model, batches("test"), data.patients)
+    val = predict(model, split_batches(data, "val", batch_size), data.patients)
+    test = predict(model, split_batches(data, "test", batch_size), data.patients)
     method = cfg.get("threshold", "youden")
     threshold = choose_threshold(val.y_true, val.y_prob, method)
     val_m = binary_metrics(val.y_true, val.y_prob, threshold)

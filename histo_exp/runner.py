@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import subprocess
 import warnings
@@ -15,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from sklearn.exceptions import ConvergenceWarning
 
 from histo_exp.config import config_yaml
-from histo_exp.data.batches import Augment, PatchBatches
+from histo_exp.data.batches import Augment, split_batches
 from histo_exp.data.dataset import PatchData, load
 from histo_exp import __version__
 from histo_exp.evaluate import evaluate, save_model
@@ -26,17 +27,6 @@ from histo_exp.trials import trials_csv
 from histo_exp.tuning import build_tuner, format_hparams
 
 log = logging.getLogger(__name__)
-
-
-def make_batches(
-    data: PatchData, part: str, batch_size: int, seed: int, augment: Augment | None = None
-) -> PatchBatches:
-    """Batches of one split part; only training shuffles and augments."""
-    train = part == "train"
-    return PatchBatches(
-        data.images, data.labels, getattr(data.split, part), batch_size,
-        shuffle=train, augment=augment if train else None, seed=seed,
-    )
 
 
 def class_weight(data: PatchData, mode: str | None) -> dict[int, float] | None:
@@ -67,8 +57,8 @@ def search(cfg: DictConfig, data: PatchData, tracker: NullTracker) -> tuple[kera
     with warnings.catch_warnings():  # the Gaussian process's fit notes, once per trial: noise here
         warnings.filterwarnings("ignore", category=ConvergenceWarning)
         tuner.search(
-            make_batches(data, "train", trainer.batch_size, cfg.seed, augment),
-            validation_data=make_batches(data, "val", trainer.batch_size, cfg.seed),
+            split_batches(data, "train", trainer.batch_size, cfg.seed, augment),
+            validation_data=split_batches(data, "val", trainer.batch_size, cfg.seed),
             verbose=int(trainer.verbose),
         )
     best = tuner.oracle.get_best_trials(1)
@@ -83,6 +73,7 @@ def search(cfg: DictConfig, data: PatchData, tracker: NullTracker) -> tuple[kera
     return model, best[0], tuner
 
 
+@functools.cache
 def provenance() -> dict[str, str]:
     """Package version, git commit of the source checkout (if any), Keras version and backend."""
     tags = {"histo_exp.version": __version__, "histo_exp.keras_backend": keras.backend.backend(),

@@ -108,3 +108,11 @@ class PatchBatches(keras.utils.PyDataset):
     def targets(self) -> np.ndarray:
         """Labels in the order batches yield them when not shuffled (for evaluation)."""
         return self.labels[self.indices]
+
+
+def split_batches(data, part: str, batch_size: int, seed: int = 0,
+                  augment: Augment | None = None) -> PatchBatches:
+    """Batches of one part of a ``PatchData`` split; only training shuffles and augments."""
+    train = part == "train"
+    return PatchBatches(data.images, data.labels, getattr(data.split, part), batch_size,
+                        shuffle=train, augment=augment if train else None, seed=seed)

@@ -43,13 +43,20 @@ class PatchData:
         """Rows that decoded (every split index is one of them)."""
         return np.sort(np.concatenate([self.split.train, self.split.val, self.split.test]))
 
+    def patient_counts(self) -> list[tuple[str, str, int, int]]:
+        """(patient, split part, class 0 patches, class 1 patches), sorted by patient; one pass."""
+        kept = self.kept
+        patients, inverse = np.unique(self.patients[kept], return_inverse=True)
+        ones = np.bincount(inverse, weights=self.labels[kept] == 1, minlength=patients.size)
+        total = np.bincount(inverse, minlength=patients.size)
+        part = self.split.patients(self.patients)
+        return [(str(p), part[str(p)], int(t - o), int(o)) for p, t, o in zip(patients, total, ones)]
+
     def split_table(self) -> str:
         """CSV of patient -> split part, with each patient's patch count and IDC share."""
         rows = ["patient,split,patches,idc_share"]
-        kept = self.kept
-        for patient, part in sorted(self.split.patients(self.patients).items()):
-            labels = self.labels[kept][self.patients[kept] == patient]
-            rows.append(f"{patient},{part},{labels.size},{labels.mean():.3f}")
+        for patient, part, zeros, ones in self.patient_counts():
+            rows.append(f"{patient},{part},{zeros + ones},{ones / (zeros + ones):.3f}")
         return "\n".join(rows) + "\n"
 
     def summary(self, per_patient: bool = False) -> str:
@@ -68,10 +75,8 @@ class PatchData:
             )
         if per_patient:
             lines.append("  patient   split  class 0  class 1")
-            table = self.split.patients(self.patients)
-            for p in sorted(table):
-                lab = labels[patients == p]
-                lines.append(f"  {p:8s}  {table[p]:5s}  {(lab == 0).sum():7d}  {(lab == 1).sum():7d}")
+            for patient, part, zeros, ones in self.patient_counts():
+                lines.append(f"  {patient:8s}  {part:5s}  {zeros:7d}  {ones:7d}")
         if self.padded or self.resized:
             lines.append(f"  brought to size: {self.padded} padded, {self.resized} resized")
         if self.skipped:
