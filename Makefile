@@ -6,11 +6,12 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 HOST ?= 127.0.0.1
 PORT ?= 5000
+WORKERS ?= 2
 
 .DEFAULT_GOAL := help
 
 help: ## list the targets
-	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,8 +25,14 @@ install: $(STAMP) ## create .venv and install the package with its test tools
 run: $(STAMP) ## run the default experiment (synthetic data, Bayesian search, MLflow)
 	$(BIN)/python -m histo_exp $(ARGS)
 
-test: $(STAMP) ## run the test suite
+test: $(STAMP) browser ## run the test suite
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+browser: ## install Debian's chromium for the MLflow UI browser test (if missing)
+	scripts/install-browser.sh
+
+screenshot: $(STAMP) browser ## refresh docs/mlflow-ui.png (the README's MLflow UI picture) from the browser test
+	HISTO_EXP_SCREENSHOT=$(CURDIR)/docs/mlflow-ui.png $(BIN)/python -m pytest tests/test_server.py -k ui
 
 lint: $(STAMP) ## static checks (ruff)
 	$(BIN)/ruff check histo_exp tests bench
@@ -35,6 +42,9 @@ prepare: $(STAMP) ## index and cache a dataset only: make prepare ARGS="data=idc
 
 bench: $(STAMP) ## ingest and training benchmarks on a full-size synthetic IDC tree (writes bench/results.md)
 	$(BIN)/python bench/run.py
+
+search-distributed: $(STAMP) ## a KerasTuner chief and WORKERS (2) workers on loopback sharing one search [ARGS=overrides DIR=folder]
+	$(BIN)/python -m histo_exp.distributed --workers $(WORKERS) $(if $(DIR),--dir $(DIR)) $(ARGS)
 
 server: $(STAMP) ## MLflow tracking server (SQLite + local artifacts) on $(HOST):$(PORT); log to it with logger.tracking_uri=http://$(HOST):$(PORT)
 	$(BIN)/mlflow server --backend-store-uri sqlite:///$(CURDIR)/mlruns/server.db \
@@ -46,4 +56,4 @@ ui: $(STAMP) ## open the MLflow UI on every run made from this folder
 clean: ## remove run outputs and the local MLflow store (keeps .venv and the data cache)
 	rm -rf outputs multirun mlruns
 
-.PHONY: help install run test lint prepare bench server ui clean
+.PHONY: help install run test browser screenshot lint prepare bench search-distributed server ui clean

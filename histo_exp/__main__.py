@@ -15,12 +15,12 @@ log = logging.getLogger("histo_exp")
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="config")
 def main(cfg: DictConfig) -> float:
-    """Print the resolved config, run the experiment, return test AUC (for sweepers)."""
+    """Print the resolved config, run the experiment, return test AUC (for sweepers; None for a worker)."""
     from histo_exp.runner import run
 
     log.info("config:\n%s", config_yaml(cfg))
     try:
-        return run(cfg)["test_auc"]
+        return run(cfg).get("test_auc")
     except KeyboardInterrupt:
         log.warning("interrupted: the search and its open trial are marked KILLED in MLflow")
         raise SystemExit(130) from None

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
+import shutil
 import subprocess
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +23,8 @@ from histo_exp.data.batches import Augment, split_batches
 from histo_exp.data.dataset import PatchData, load
 from histo_exp import __version__
 from histo_exp.evaluate import evaluate, save_model
-from histo_exp.evaluation.plots import plot_history, plot_trials
+from histo_exp.distributed import record_search_run, recorded_search_run, role, wait_for_search_run
+from histo_exp.evaluation.plots import plot_trials
 from histo_exp.model.hypermodel import CNNHyperModel
 from histo_exp.tracking import NullTracker, flatten
 from histo_exp.trials import trials_csv
@@ -39,8 +43,8 @@ def class_weight(data: PatchData, mode: str | None) -> dict[int, float] | None:
     return {c: float(counts.sum() / (2 * counts[c])) for c in (0, 1)}
 
 
-def search(cfg: DictConfig, data: PatchData, tracker: NullTracker) -> tuple[keras.Model, Any, Any]:
-    """Run the tuner over the config's search space; returns the best model, its trial, the tuner."""
+def build_search(cfg: DictConfig, data: PatchData, tracker: NullTracker) -> Any:
+    """The configured KerasTuner tuner over the CNN hypermodel (resumed from its folder if there)."""
     trainer = cfg.trainer
     weights = class_weight(data, trainer.get("class_weight"))
     if weights:
@@ -52,7 +56,12 @@ def search(cfg: DictConfig, data: PatchData, tracker: NullTracker) -> tuple[kera
         steps_per_epoch=trainer.get("steps_per_epoch"), class_weight=weights,
         precision=str(trainer.get("precision", "float32")),
     )
-    tuner = build_tuner(cfg.tuner, hypermodel, tracker)
+    return build_tuner(cfg.tuner, hypermodel, tracker)
+
+
+def search(cfg: DictConfig, data: PatchData, tuner: Any) -> None:
+    """Run the tuner's trials (a chief serves the oracle instead, until its workers are done)."""
+    trainer = cfg.trainer
     augment = Augment.from_config(cfg.data.get("augment"))
     with warnings.catch_warnings():  # the Gaussian process's fit notes, once per trial: noise here
         warnings.filterwarnings("ignore", category=ConvergenceWarning)
@@ -61,6 +70,10 @@ def search(cfg: DictConfig, data: PatchData, tracker: NullTracker) -> tuple[kera
             validation_data=split_batches(data, "val", trainer.batch_size, cfg.seed),
             verbose=int(trainer.verbose),
         )
+
+
+def best_model(tuner: Any) -> tuple[keras.Model, Any]:
+    """The best trial's model (weights from its checkpoint in the tuner folder) and the trial."""
     best = tuner.oracle.get_best_trials(1)
     if not best or best[0].score is None:
         raise RuntimeError(
@@ -69,8 +82,7 @@ def search(cfg: DictConfig, data: PatchData, tracker: NullTracker) -> tuple[kera
         )
     with warnings.catch_warnings():  # reloading weights only: the optimizer state is not needed
         warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
-        model = tuner.get_best_models(1)[0]
-    return model, best[0], tuner
+        return tuner.get_best_models(1)[0], best[0]
 
 
 @functools.cache
@@ -102,9 +114,9 @@ def log_results(cfg: DictConfig, data: PatchData, model: keras.Model, tuner: Any
     plots = [*result.plots, plot_trials(
         [(t.hyperparameters.values, t.score) for t in tuner.oracle.trials.values() if t.score is not None],
         out / "trials.png")]
-    if tuner.histories.get(trial.trial_id):
-        plots.append(plot_history(tuner.histories[trial.trial_id], out / "training_curves.png",
-                                  f"best trial {trial.trial_id}"))
+    curves = Path(tuner.get_trial_dir(trial.trial_id)) / "training_curves.png"
+    if curves.exists():  # drawn by whichever process ran the trial
+        plots.append(Path(shutil.copy(curves, out / "training_curves.png")))
     for path in plots:
         tracker.log_artifact(path)
     for path in result.maps:
@@ -125,30 +137,67 @@ def log_results(cfg: DictConfig, data: PatchData, model: keras.Model, tuner: Any
 
 
 def run(cfg: DictConfig) -> dict[str, float]:
-    """Run the configured experiment and return its headline metrics."""
+    """Run the configured experiment and return its headline metrics (none for a worker)."""
     keras.utils.set_random_seed(int(cfg.seed))
     out = Path(cfg.paths.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     data = load(cfg.data)
     log.info("data:\n%s", data.summary())
     log.info("keras %s on the %s backend", keras.__version__, keras.backend.backend())
+    dist = cfg.tuner.get("distributed")
+    if role(dist) == "worker":
+        return work(cfg, data)
     tracker = instantiate(cfg.logger)
+    tuner = build_search(cfg, data, tracker)
+    folder = Path(tuner.project_dir)
     tracker.start_search(
         flatten(OmegaConf.to_container(cfg, resolve=True)),
         config_yaml(cfg),
         run_name=f"{cfg.task_name}-{cfg.optimizer.name}",
         tags=provenance(),
+        resume=recorded_search_run(folder, tracker.tracking_uri) if tracker.tracking_uri else None,
     )
+    if tracker.search_run_id:
+        record_search_run(folder, tracker.search_run_id, tracker.tracking_uri)
+    if role(dist) == "chief":
+        log.info("chief: serving the search on %s:%s for workers (tuner folder %s)",
+                 dist.host, dist.port, folder)
+    with ending_runs(tracker):
+        search(cfg, data, tuner)
+        model, trial = best_model(tuner)
+        metrics = log_results(cfg, data, model, tuner, trial, tracker, out)
+    log.info("outputs: %s (maps in %s)\n%s", out, out / "maps", tracker.describe())
+    if data.skipped:
+        log.warning("%d files were skipped (listed in %s)", len(data.skipped), data.cache / "skipped.tsv")
+    return metrics
+
+
+def work(cfg: DictConfig, data: PatchData) -> dict[str, float]:
+    """A distributed worker: train the trials the chief hands out, under the chief's search run."""
+    dist = cfg.tuner.distributed
+    tracker: NullTracker = NullTracker()
+    uri = cfg.logger.get("tracking_uri")
+    if uri:
+        # The chief creates the store and the run: open the store only once the run is recorded.
+        folder = Path(cfg.tuner.directory) / cfg.tuner.project_name
+        log.info("worker %s: waiting for the chief's search run in %s", dist.worker_id, folder)
+        store = functools.cache(lambda: instantiate(cfg.logger))
+        run_id = wait_for_search_run(folder, uri, lambda run: store().is_running(run), float(dist.timeout_s))
+        tracker = store()
+        tracker.join_search(run_id)
+    tuner = build_search(cfg, data, tracker)
+    with ending_runs(tracker):  # a worker's open trial only: the search run is the chief's
+        search(cfg, data, tuner)
+    return {}
+
+
+@contextlib.contextmanager
+def ending_runs(tracker: NullTracker) -> Iterator[None]:
+    """End the open runs FINISHED, KILLED (Ctrl-C) or FAILED, whichever way the block ends."""
     status = "FAILED"
     try:
-        model, trial, tuner = search(cfg, data, tracker)
-        metrics = log_results(cfg, data, model, tuner, trial, tracker, out)
+        yield
         status = "FINISHED"
-        log.info("outputs: %s (maps in %s)\n%s", out, out / "maps", tracker.describe())
-        if data.skipped:
-            log.warning("%d files were skipped (listed in %s)", len(data.skipped),
-                        data.cache / "skipped.tsv")
-        return metrics
     except KeyboardInterrupt:
         status = "KILLED"
         raise

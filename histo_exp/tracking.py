@@ -19,6 +19,9 @@ log = logging.getLogger(__name__)
 
 ROLE = "histo_exp.role"
 ERROR = "histo_exp.error"
+TRIAL_ID = "histo_exp.trial_id"
+RETRY_OF = "histo_exp.retry_of"  # on a trial run: the earlier, interrupted runs of the same trial
+RESUMED = "histo_exp.resumed"    # on a search run: how many times it was resumed
 MAX_TAG = 5000
 
 
@@ -56,7 +59,7 @@ def trial_runs(run_id: str, tracking_uri: str) -> list[dict[str, Any]]:
         raise FileNotFoundError(f"no run {run_id!r} in {tracking_uri} (pass --tracking-uri)") from err
     runs = client.search_runs([search.info.experiment_id],
                               f"tags.`mlflow.parentRunId` = '{run_id}'", max_results=10000)
-    return [{"trial": r.data.tags.get("histo_exp.trial_id", r.info.run_name),
+    return [{"trial": r.data.tags.get(TRIAL_ID, r.info.run_name),
              "status": r.info.status, "params": r.data.params, "metrics": r.data.metrics}
             for r in runs]
 
@@ -65,10 +68,15 @@ class NullTracker:
     """Records nothing (``logger=none``)."""
 
     search_run_id: str | None = None
+    tracking_uri: str | None = None
 
     def start_search(self, params: Mapping[str, Any], config_yaml: str, run_name: str,
-                     tags: Mapping[str, str] | None = None) -> None: ...
-    def start_trial(self, trial_id: str, hparams: Mapping[str, Any]) -> None: ...
+                     tags: Mapping[str, str] | None = None, resume: str | None = None) -> None: ...
+    def join_search(self, run_id: str) -> None: ...
+    def is_running(self, run_id: str) -> bool:
+        return False
+    def start_trial(self, trial_id: str, hparams: Mapping[str, Any],
+                    tags: Mapping[str, str] | None = None) -> None: ...
     def log_epoch(self, epoch: int, metrics: Mapping[str, float]) -> None: ...
     def end_trial(self, status: str, metrics: Mapping[str, float], error: str | None = None) -> None: ...
     def log_metrics(self, metrics: Mapping[str, float]) -> None: ...
@@ -96,6 +104,7 @@ class MlflowTracker(NullTracker):
         self.experiment_id = self._experiment(artifact_location)
         self.search_run_id: str | None = None
         self.trial_run_id: str | None = None
+        self._owner = False
 
     def _experiment(self, artifact_location: str | None) -> str:
         found = self.client.get_experiment_by_name(self.experiment_name)
@@ -113,20 +122,59 @@ class MlflowTracker(NullTracker):
             return found.experiment_id
 
     def start_search(self, params: Mapping[str, Any], config_yaml: str, run_name: str,
-                     tags: Mapping[str, str] | None = None) -> None:
+                     tags: Mapping[str, str] | None = None, resume: str | None = None) -> None:
+        """Open a new search run, or reopen ``resume`` (a search run of this store) to go on in it."""
+        previous = self._run(resume) if resume else None
+        if previous is not None:
+            self._reopen(previous, params, tags or {})
+            return
+        if resume:
+            log.warning("the search run %s recorded in the tuner folder is not in %s: starting a new "
+                        "run for the resumed search", resume, self.tracking_uri)
         run = self.client.create_run(self.experiment_id, run_name=run_name,
                                      tags={ROLE: "search", **(tags or {})})
         self.search_run_id = run.info.run_id
-        items = [Param(k, str(v)[:6000]) for k, v in params.items()]
-        for i in range(0, len(items), 100):
-            self.client.log_batch(self.search_run_id, params=items[i : i + 100])
+        self._owner = True
+        self._log_params(params)
         self.client.log_text(self.search_run_id, config_yaml, "config.yaml")
 
-    def start_trial(self, trial_id: str, hparams: Mapping[str, Any]) -> None:
+    def _reopen(self, run: Any, params: Mapping[str, Any], tags: Mapping[str, str]) -> None:
+        self.search_run_id = run.info.run_id
+        self._owner = True
+        self.client.update_run(self.search_run_id, status="RUNNING")
+        resumed = int(run.data.tags.get(RESUMED, "0")) + 1
+        for key, value in {**tags, RESUMED: str(resumed)}.items():
+            self.client.set_tag(self.search_run_id, key, value)
+        old = run.data.params
+        new = {k: str(v)[:6000] for k, v in params.items()}
+        changed = {k: (old[k], v) for k, v in new.items() if k in old and old[k] != v}
+        if changed:
+            log.warning("resumed with changed settings; the run keeps its first params: %s",
+                        ", ".join(f"{k}: {a} -> {b}" for k, (a, b) in changed.items()))
+        self._log_params({k: v for k, v in new.items() if k not in old})
+        log.info("resuming MLflow search run %s (resume #%d)", self.search_run_id, resumed)
+
+    def join_search(self, run_id: str) -> None:
+        """Log trials under another process's search run (a distributed worker); never end it."""
+        self.search_run_id = run_id
+        self._owner = False
+
+    def is_running(self, run_id: str) -> bool:
+        run = self._run(run_id)
+        return run is not None and run.info.status == "RUNNING"
+
+    def start_trial(self, trial_id: str, hparams: Mapping[str, Any],
+                    tags: Mapping[str, str] | None = None) -> None:
+        """A nested run per attempt at a trial; a retry (after a resume) names the runs before it."""
+        earlier = self.client.search_runs(
+            [self.experiment_id],
+            f"tags.`mlflow.parentRunId` = '{self.search_run_id}' and tags.`{TRIAL_ID}` = '{trial_id}'")
+        retry = {RETRY_OF: ",".join(r.info.run_id for r in earlier)} if earlier else {}
         run = self.client.create_run(
             self.experiment_id,
             run_name=f"trial-{trial_id}",
-            tags={ROLE: "trial", "mlflow.parentRunId": self.search_run_id, "histo_exp.trial_id": trial_id},
+            tags={ROLE: "trial", "mlflow.parentRunId": self.search_run_id, TRIAL_ID: trial_id,
+                  **retry, **(tags or {})},
         )
         self.trial_run_id = run.info.run_id
         self._next_step = 0
@@ -173,14 +221,28 @@ class MlflowTracker(NullTracker):
     def end_search(self, status: str) -> None:
         if self.trial_run_id:
             self.end_trial(status, {})
-        if self.search_run_id:
+        if self.search_run_id and self._owner:
             self.client.set_terminated(self.search_run_id, status=status)
 
     def describe(self) -> str:
         store = self.tracking_uri
+        # The UI opens on GenAI pages unless asked for the training runs.
+        page = f"#/experiments/{self.experiment_id}/runs?workflowType=machine_learning"
         if store.startswith(("http://", "https://")):
-            return f"MLflow UI: {store}"
-        return f"MLflow UI: make ui   (or: mlflow ui --backend-store-uri {store})"
+            return f"MLflow UI: {store.rstrip('/')}/{page}"
+        return (f"MLflow UI: make ui, then open http://127.0.0.1:5000/{page}\n"
+                f"  (or: mlflow ui --backend-store-uri {store})")
+
+    def _run(self, run_id: str) -> Any:
+        try:
+            return self.client.get_run(run_id)
+        except Exception:  # MlflowException: no such run in this store
+            return None
+
+    def _log_params(self, params: Mapping[str, Any]) -> None:
+        items = [Param(k, str(v)[:6000]) for k, v in params.items()]
+        for i in range(0, len(items), 100):
+            self.client.log_batch(self.search_run_id, params=items[i : i + 100])
 
     def _log(self, run_id: str, metrics: Mapping[str, float], step: int = 0) -> None:
         now = int(time.time() * 1000)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
@@ -11,6 +12,7 @@ from typing import Any
 import keras_tuner as kt
 from hydra.utils import instantiate
 
+from histo_exp.distributed import role, tuner_env
 from histo_exp.evaluation.plots import plot_history
 from histo_exp.space import to_plain
 from histo_exp.tracking import NullTracker
@@ -37,6 +39,12 @@ class TrackedTuner:
         self.histories: dict[str, dict[str, list[float]]] = {}  # trial id -> metric -> per epoch
         super().__init__(*args, **kwargs)
 
+    def search(self, *fit_args: Any, **fit_kwargs: Any) -> None:
+        if role(None) == "chief":  # serves the oracle only; the workers print the trial lines
+            self.oracle.verbose = 0
+            fit_kwargs.pop("verbose", None)
+        super().search(*fit_args, **fit_kwargs)
+
     def on_search_begin(self) -> None:
         super().on_search_begin()
         self.oracle.verbose = 0  # our own trial lines replace KerasTuner's tables; fit keeps its bar
@@ -45,7 +53,8 @@ class TrackedTuner:
         super().on_trial_begin(trial)
         limit = self.oracle.max_trials
         log.info("trial %s%s", trial.trial_id, f" of at most {limit}" if limit else "")
-        self.tracker.start_trial(trial.trial_id, trial.hyperparameters.values)
+        self.tracker.start_trial(trial.trial_id, trial.hyperparameters.values,
+                                 tags={"histo_exp.tuner_id": self.tuner_id})
 
     def on_epoch_end(self, trial, model, epoch, logs=None) -> None:
         super().on_epoch_end(trial, model, epoch, logs=logs)
@@ -57,7 +66,7 @@ class TrackedTuner:
     def on_trial_end(self, trial: kt.engine.trial.Trial) -> None:
         super().on_trial_end(trial)
         status = STATUS.get(str(trial.status), "FAILED")
-        score = trial.score
+        score = self.oracle.get_trial(trial.trial_id).score  # a worker's own copy has none
         metrics = {self.oracle.objective.name: score} if score is not None else {}
         if self.histories.get(trial.trial_id):
             path = Path(self.get_trial_dir(trial.trial_id)) / "training_curves.png"
@@ -88,10 +97,19 @@ class Hyperband(TrackedTuner, kt.Hyperband):
 
 
 def build_tuner(cfg: Mapping, hypermodel: kt.HyperModel, tracker: NullTracker) -> kt.Tuner:
-    """Instantiate the configured tuner; an existing tuner folder is resumed only on purpose."""
+    """Instantiate the configured tuner; an existing tuner folder is resumed unless told otherwise.
+
+    ``tuner.distributed`` becomes KerasTuner's chief/worker environment. A worker never clears
+    the shared folder: only the chief (or a lone process) may start a search over.
+    """
     cfg = dict(to_plain(cfg))
+    dist = cfg.pop("distributed", None) or {}
+    os.environ.update(tuner_env(dist))
+    if role(dist) == "worker" and cfg.get("overwrite"):
+        log.warning("tuner.overwrite=true is for the chief; this worker joins the search as it is")
+        cfg["overwrite"] = False
     folder = Path(cfg["directory"]) / cfg["project_name"]
-    if folder.exists():
+    if (folder / "oracle.json").exists() and role(dist) != "worker":
         if cfg.get("overwrite"):
             log.info("tuner.overwrite=true: starting over in %s", folder)
             shutil.rmtree(folder)

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
+from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig
 
 from histo_exp.config import CONFIG_DIR
@@ -18,6 +19,19 @@ from histo_exp.data.synthetic import SyntheticSpec, generate
 
 REPO = Path(__file__).resolve().parents[1]
 IDC_MINI = REPO.parent / "shared" / "data" / "idc-mini"
+
+TINY = ["debug=fast", "tuner.max_trials=2", "data.synthetic.patients=6",
+        "data.synthetic.patches_per_patient=40"]
+
+
+def runs(workdir: Path) -> tuple[MlflowClient, list, list]:
+    """The MLflow client of ``workdir``'s store, its search runs and its trial runs."""
+    client = MlflowClient(tracking_uri=f"sqlite:///{workdir}/mlruns/mlflow.db")
+    exp = client.get_experiment_by_name("histo_exp")
+    found = client.search_runs([exp.experiment_id])
+    search = [r for r in found if r.data.tags.get("histo_exp.role") == "search"]
+    trials = [r for r in found if r.data.tags.get("histo_exp.role") == "trial"]
+    return client, search, trials
 
 
 @pytest.fixture(scope="session")

@@ -2,31 +2,15 @@
 
 from __future__ import annotations
 
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
-from mlflow.tracking import MlflowClient
 
-from conftest import IDC_MINI, REPO, cli_env
+from conftest import IDC_MINI, REPO, TINY, cli_env, runs
 
 pytestmark = pytest.mark.slow
-
-TINY = ["debug=fast", "tuner.max_trials=2", "data.synthetic.patients=6",
-        "data.synthetic.patches_per_patient=40"]
-
-
-def runs(workdir: Path) -> tuple[MlflowClient, list, list]:
-    client = MlflowClient(tracking_uri=f"sqlite:///{workdir}/mlruns/mlflow.db")
-    exp = client.get_experiment_by_name("histo_exp")
-    found = client.search_runs([exp.experiment_id])
-    search = [r for r in found if r.data.tags.get("histo_exp.role") == "search"]
-    trials = [r for r in found if r.data.tags.get("histo_exp.role") == "trial"]
-    return client, search, trials
-
 
 def test_default_command_logs_a_search_with_its_trials(run_cli, tmp_path):
     assert Path.cwd() != tmp_path and not (tmp_path / "conf").exists()
@@ -88,9 +72,9 @@ def test_default_command_logs_a_search_with_its_trials(run_cli, tmp_path):
     assert f"threshold {m['threshold']:.3f}" in predicted.stderr + predicted.stdout
 
 
-@pytest.mark.parametrize("launcher", ["basic", "joblib"])
+@pytest.mark.parametrize("launcher", ["basic", "joblib", "ray"])
 def test_multirun_of_the_three_optimizers_gives_three_searches(run_cli, tmp_path, launcher):
-    """joblib runs the jobs in parallel processes on one SQLite store: no lock errors, no lost run."""
+    """joblib and ray run the jobs in parallel processes on one SQLite store: no lock errors, no lost run."""
     done = run_cli(["-m", f"hydra/launcher={launcher}", "optimizer=adam,rmsprop,sgd", *TINY,
                     "tuner.max_trials=1"], timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -113,30 +97,6 @@ def test_bad_input_fails_with_a_clear_message(run_cli, tmp_path, args, message):
     if not args[0].startswith("optimizer"):
         _, search, _ = runs(tmp_path) if (tmp_path / "mlruns").exists() else (None, [], [])
         assert search == []  # nothing half-logged
-
-
-def test_ctrl_c_ends_the_runs_as_killed(tmp_path, cache_dir):
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "histo_exp", *TINY, "tuner.max_trials=50", "trainer.epochs=50",
-         "trainer.early_stopping_patience=null"],
-        cwd=tmp_path, env=cli_env(cache_dir), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        text=True,
-    )
-    lines = []
-    deadline = time.time() + 180
-    for line in proc.stdout:
-        lines.append(line)
-        if "of at most 50" in line or time.time() > deadline:
-            break
-    time.sleep(3)
-    proc.send_signal(signal.SIGINT)
-    out, _ = proc.communicate(timeout=120)
-    assert proc.returncode == 130
-    assert "interrupted" in "".join(lines) + out
-    _, search, trials = runs(tmp_path)
-    assert [r.info.status for r in search] == ["KILLED"], "".join(lines)
-    assert sum(t.info.status == "KILLED" for t in trials) == 1  # the trial that was running
-    assert all(t.info.status in ("KILLED", "FINISHED") for t in trials)
 
 
 def test_runs_under_the_jax_backend(tmp_path, cache_dir):

@@ -11,7 +11,6 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from tqdm import tqdm
 
 from histo_exp.data.decode import COLORS, decode
 from histo_exp.data.index import Manifest
+from histo_exp.data.publish import build_folder
 
 log = logging.getLogger(__name__)
 
@@ -123,19 +123,9 @@ def ingest(
     if (folder / KEY).exists():
         log.info("reusing the decoded cache %s", folder)
         return _open(folder, built=False)
-    tmp = folder.with_name(f"{folder.name}.partial-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
     log.info("decoding %d patches into %s", len(manifest), folder)
     bar = tqdm(total=len(manifest), desc="decode", unit="patch", disable=not progress, mininterval=0.5)
-    try:
-        _build(tmp, manifest, key, workers, bar)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    finally:
-        bar.close()
-    try:
-        tmp.rename(folder)
-    except OSError:  # another process finished the same cache first: use theirs
-        shutil.rmtree(tmp, ignore_errors=True)
+    with bar:
+        build_folder(folder, lambda tmp: _build(tmp, manifest, key, workers, bar),
+                     lambda final: (final / KEY).exists())
     return _open(folder, built=True)

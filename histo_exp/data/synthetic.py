@@ -9,13 +9,14 @@ driven by a noisy tumour intensity, so the classes overlap: learnable, not trivi
 from __future__ import annotations
 
 import json
-import shutil
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
+
+from histo_exp.data.publish import build_folder
 
 PATCH = 50
 EOSIN = np.array([232.0, 158.0, 200.0])
@@ -106,8 +107,8 @@ def _write_patient(tmp: Path, spec: SyntheticSpec, k: int, n: int) -> None:
 def generate(root: Path, spec: SyntheticSpec, workers: int = 1) -> Path:
     """Write the dataset under ``root`` unless a complete copy of this spec is there.
 
-    Files go to a temporary sibling first and are moved into place at the end, so a killed
-    run never leaves a half-made dataset that looks complete.
+    Files go to a private sibling folder first and are moved into place at the end, so a killed
+    run never leaves a half-made dataset that looks complete, and parallel jobs do not collide.
     """
     root = Path(root)
     done = root / DONE
@@ -123,18 +124,16 @@ def generate(root: Path, spec: SyntheticSpec, workers: int = 1) -> Path:
             f"{root} is not empty and holds no synthetic dataset; refusing to write one over it "
             "(for your own data use data=idc)"
         )
-    tmp = root.with_name(root.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    jobs = [(tmp, spec, k, n) for k, n in enumerate(spec.counts())]
-    if workers > 1 and len(jobs) > 1:
-        with ProcessPoolExecutor(min(workers, len(jobs))) as pool:
-            list(pool.map(_write_patient, *zip(*jobs)))
-    else:
-        for job in jobs:
-            _write_patient(*job)
-    (tmp / DONE).write_text(json.dumps(asdict(spec)))
-    if root.exists():
-        root.rmdir()  # empty (checked above)
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp.rename(root)
+
+    def build(tmp: Path) -> None:
+        jobs = [(tmp, spec, k, n) for k, n in enumerate(spec.counts())]
+        if workers > 1 and len(jobs) > 1:
+            with ProcessPoolExecutor(min(workers, len(jobs))) as pool:
+                list(pool.map(_write_patient, *zip(*jobs)))
+        else:
+            for job in jobs:
+                _write_patient(*job)
+        (tmp / DONE).write_text(json.dumps(asdict(spec)))
+
+    build_folder(root, build, lambda final: (final / DONE).exists())
     return root

@@ -1,0 +1,150 @@
+"""One search across processes and restarts: resume after Ctrl-C, chief and workers, launchers."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+
+from conftest import TINY, cli_env, runs
+from histo_exp.config import CONFIG_DIR
+from histo_exp.distributed import (commands, record_search_run, recorded_search_run, role, tuner_env,
+                                   wait_for_search_run)
+
+
+def test_distributed_config_becomes_kerastuners_environment(compose_cfg, monkeypatch):
+    for name in ("KERASTUNER_TUNER_ID", "KERASTUNER_ORACLE_IP", "KERASTUNER_ORACLE_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    cfg = compose_cfg("tuner.distributed.role=worker", "tuner.distributed.worker_id=3",
+                      "tuner.distributed.port=9123")
+    assert tuner_env(cfg.tuner.distributed) == {"KERASTUNER_TUNER_ID": "worker3",
+                                                "KERASTUNER_ORACLE_IP": "127.0.0.1",
+                                                "KERASTUNER_ORACLE_PORT": "9123"}
+    assert tuner_env(compose_cfg("tuner.distributed.role=chief").tuner.distributed)["KERASTUNER_TUNER_ID"] == "chief"
+    assert tuner_env(compose_cfg().tuner.distributed) == {} and role(compose_cfg().tuner.distributed) is None
+    with pytest.raises(ValueError, match="chief, worker or null"):
+        role(compose_cfg("tuner.distributed.role=boss").tuner.distributed)
+    # KerasTuner's own protocol, set by a cluster scheduler, is understood too.
+    monkeypatch.setenv("KERASTUNER_TUNER_ID", "tuner7")
+    monkeypatch.setenv("KERASTUNER_ORACLE_IP", "10.0.0.1")
+    assert role(None) == "worker"
+
+
+def test_workers_wait_for_a_running_search_run_and_say_what_to_fix(tmp_path):
+    record_search_run(tmp_path, "abc", "sqlite:///x.db")
+    assert recorded_search_run(tmp_path, "sqlite:///x.db") == "abc"
+    assert recorded_search_run(tmp_path, "http://elsewhere") is None  # another store: not this run
+    assert wait_for_search_run(tmp_path, "sqlite:///x.db", lambda run: run == "abc", 5) == "abc"
+    with pytest.raises(TimeoutError, match="start the chief"):  # recorded but ended: a stale record
+        wait_for_search_run(tmp_path, "sqlite:///x.db", lambda run: False, 0.3, poll_s=0.1)
+
+
+def test_launcher_gives_every_process_the_same_folder_and_port(tmp_path):
+    cmds = commands(2, tmp_path, 9000, ["debug=fast"])
+    assert list(cmds) == ["chief", "worker1", "worker2"]
+    for name, cmd in cmds.items():
+        assert f"tuner.directory={tmp_path}" in cmd and "tuner.distributed.port=9000" in cmd
+        assert f"hydra.run.dir={tmp_path}/{name}" in cmd and "debug=fast" in cmd
+    assert "tuner.distributed.worker_id=2" in cmds["worker2"]
+
+
+def test_ray_launcher_composes():
+    """``hydra/launcher=ray`` comes from the hydra-ray-launcher plugin (installed with the dev extra)."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        full = compose("config", overrides=["hydra/launcher=ray", "+hydra.launcher.ray.init.num_cpus=2"],
+                       return_hydra_config=True)
+    GlobalHydra.instance().clear()
+    assert full.hydra.launcher._target_ == "hydra_plugins.hydra_ray_launcher.ray_launcher.RayLauncher"
+    assert full.hydra.launcher.ray.init.num_cpus == 2
+
+
+@pytest.mark.slow
+def test_interrupted_search_resumes_without_repeating_trials(tmp_path, cache_dir):
+    """Ctrl-C in trial 1, rerun with the same tuner folder: trial 0 is not run again, trial 1 is
+    retried (its interrupted run stays KILLED), and the same MLflow search run finishes."""
+    args = [sys.executable, "-m", "histo_exp", *TINY, "tuner.max_trials=3", "trainer.epochs=25",
+            "trainer.early_stopping_patience=null", f"tuner.directory={tmp_path}/search"]
+    proc = subprocess.Popen(args, cwd=tmp_path, env=cli_env(cache_dir), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    lines = []
+    deadline = time.time() + 240
+    for line in proc.stdout:
+        lines.append(line)
+        if "trial 1 of at most 3" in line or time.time() > deadline:
+            break
+    time.sleep(2)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=120)
+    first = "".join(lines) + out
+    assert proc.returncode == 130 and "interrupted" in first, first[-3000:]
+    _, search, trials = runs(tmp_path)
+    assert [r.info.status for r in search] == ["KILLED"]
+    assert sorted((t.data.tags["histo_exp.trial_id"], t.info.status) for t in trials) == [
+        ("0", "FINISHED"), ("1", "KILLED")]
+    killed = next(t.info.run_id for t in trials if t.info.status == "KILLED")
+
+    again = subprocess.run(args, cwd=tmp_path, env=cli_env(cache_dir), capture_output=True, text=True,
+                           timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "resuming the search saved in" in again.stderr + again.stdout
+    client, search_after, trials = runs(tmp_path)
+    assert [r.info.run_id for r in search_after] == [search[0].info.run_id]  # the same search run
+    assert search_after[0].info.status == "FINISHED"
+    assert search_after[0].data.tags["histo_exp.resumed"] == "1" and "test_auc" in search_after[0].data.metrics
+    finished = Counter(t.data.tags["histo_exp.trial_id"] for t in trials if t.info.status == "FINISHED")
+    assert finished == {"0": 1, "1": 1, "2": 1}  # each trial once: trial 0 was not repeated
+    assert [t.info.status for t in trials if t.info.run_id == killed] == ["KILLED"]
+    retry = next(t for t in trials if t.data.tags["histo_exp.trial_id"] == "1" and t.info.status == "FINISHED")
+    assert retry.data.tags["histo_exp.retry_of"] == killed
+    oracle = json.loads((tmp_path / "search" / "tuner" / "oracle.json").read_text())
+    assert oracle["ongoing_trials"] == {} and sorted(oracle["end_order"]) == ["0", "1", "2"]
+
+    fresh = subprocess.run([*args, "tuner.overwrite=true", "tuner.max_trials=1"], cwd=tmp_path,
+                           env=cli_env(cache_dir), capture_output=True, text=True, timeout=600)
+    assert fresh.returncode == 0, fresh.stderr[-3000:]
+    assert "starting over" in fresh.stderr + fresh.stdout
+    _, search_final, trials_final = runs(tmp_path)
+    new = [r for r in search_final if r.info.run_id != search[0].info.run_id]
+    assert len(new) == 1 and new[0].info.status == "FINISHED" and "histo_exp.resumed" not in new[0].data.tags
+    assert sum(t.data.tags["mlflow.parentRunId"] == new[0].info.run_id for t in trials_final) == 1
+    assert len(list((tmp_path / "search" / "tuner").glob("trial_*"))) == 1
+
+
+@pytest.mark.slow
+def test_chief_and_two_workers_log_each_trial_once_under_one_search(tmp_path, cache_dir):
+    done = subprocess.run(
+        [sys.executable, "-m", "histo_exp.distributed", "--workers", "2", "--dir", str(tmp_path / "dist"),
+         *TINY, "tuner.max_trials=4"],
+        cwd=tmp_path, env=cli_env(cache_dir), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-4000:]
+    assert "[chief]" in done.stdout and "[worker1]" in done.stdout and "[worker2]" in done.stdout
+    client, search, trials = runs(tmp_path)
+    assert len(search) == 1 and search[0].info.status == "FINISHED"
+    assert "test_auc" in search[0].data.metrics
+    assert sorted(t.data.tags["histo_exp.trial_id"] for t in trials) == ["0", "1", "2", "3"]
+    assert all(t.data.tags["mlflow.parentRunId"] == search[0].info.run_id for t in trials)
+    assert all(t.info.status == "FINISHED" and "val_auc" in t.data.metrics for t in trials)
+    assert {t.data.tags["histo_exp.tuner_id"] for t in trials} <= {"worker1", "worker2"}
+    assert (tmp_path / "dist" / "chief" / "best_model.keras").exists()
+    artifacts = {a.path for a in client.list_artifacts(search[0].info.run_id)}
+    assert {"training_curves.png", "trials.csv", "model"} <= artifacts
+
+
+def test_parallel_jobs_make_one_synthetic_dataset(tmp_path):
+    """A chief and its workers (or joblib jobs) start at once: the same dataset must come out whole."""
+    code = ("import sys; from histo_exp.data.synthetic import SyntheticSpec, generate; "
+            "generate(sys.argv[1], SyntheticSpec(patients=4, patches_per_patient=30, seed=5))")
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "set")], stderr=subprocess.PIPE,
+                              text=True) for _ in range(3)]
+    errors = [p.communicate(timeout=120)[1] for p in procs]
+    assert all(p.returncode == 0 for p in procs), errors
+    assert len(list((tmp_path / "set").glob("*/*/*.png"))) == 120
+    assert [p.name for p in tmp_path.iterdir()] == ["set"]  # no partial folders left behind
