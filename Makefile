@@ -43,8 +43,8 @@ prepare: $(STAMP) ## index and cache a dataset only: make prepare ARGS="data=idc
 bench: $(STAMP) ## ingest and training benchmarks on a full-size synthetic IDC tree (writes bench/results.md)
 	$(BIN)/python bench/run.py
 
-search-distributed: $(STAMP) ## a KerasTuner chief and WORKERS (2) workers on loopback sharing one search [ARGS=overrides DIR=folder]
-	$(BIN)/python -m histo_exp.distributed --workers $(WORKERS) $(if $(DIR),--dir $(DIR)) $(ARGS)
+search-distributed: $(STAMP) ## a KerasTuner chief and WORKERS (2) workers on loopback sharing one search [ARGS=overrides DIR=folder GPUS=0,1]
+	$(BIN)/python -m histo_exp.distributed --workers $(WORKERS) $(if $(DIR),--dir $(DIR)) $(if $(GPUS),--gpus $(GPUS)) $(ARGS)
 
 server: $(STAMP) ## MLflow tracking server (SQLite + local artifacts) on $(HOST):$(PORT); log to it with logger.tracking_uri=http://$(HOST):$(PORT)
 	$(BIN)/mlflow server --backend-store-uri sqlite:///$(CURDIR)/mlruns/server.db \

@@ -108,6 +108,17 @@ def commands(workers: int, folder: Path, port: int, overrides: Sequence[str],
     return out
 
 
+def device_env(index: int, gpus: Sequence[str]) -> dict[str, str]:
+    """Pin worker ``index`` (1, 2, ...) to one of ``gpus``, round robin; the chief (0) gets none.
+
+    The chief only serves the oracle and finally evaluates one model: on a GPU it would take
+    memory (TensorFlow and JAX reserve most of a GPU up front) that a worker needs.
+    """
+    if not gpus:
+        return {}
+    return {"CUDA_VISIBLE_DEVICES": str(gpus[(index - 1) % len(gpus)]) if index else ""}
+
+
 def _relay(name: str, stream: Any) -> None:
     for line in stream:
         sys.stdout.write(f"[{name}] {line}")
@@ -141,16 +152,17 @@ def wait_all(procs: Mapping[str, subprocess.Popen], poll_s: float = 0.5) -> dict
         time.sleep(poll_s)
 
 
-def launch(workers: int, folder: Path, overrides: Sequence[str], port: int | None = None) -> int:
+def launch(workers: int, folder: Path, overrides: Sequence[str], port: int | None = None,
+           gpus: Sequence[str] = ()) -> int:
     """Run a chief and ``workers`` workers to the end; their output is prefixed by role."""
     port = port or free_port()
     procs: dict[str, subprocess.Popen] = {}
     relays = []
     print(f"search in {folder}: chief on 127.0.0.1:{port}, {workers} workers", flush=True)
     try:
-        for name, cmd in commands(workers, folder, port, overrides).items():
+        for index, (name, cmd) in enumerate(commands(workers, folder, port, overrides).items()):
             procs[name] = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                           text=True, bufsize=1)
+                                           text=True, bufsize=1, env={**os.environ, **device_env(index, gpus)})
             relays.append(threading.Thread(target=_relay, args=(name, procs[name].stdout), daemon=True))
             relays[-1].start()
         codes = wait_all(procs)
@@ -177,12 +189,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--dir", type=Path, help="shared tuner folder; an existing one is resumed "
                         "(default: outputs/distributed/<date>_<time>)")
     parser.add_argument("--port", type=int, help="the chief's oracle port (default: a free one)")
+    parser.add_argument("--gpus", default="", help="GPU ids for the workers, one each, round robin "
+                        "(e.g. 0,1,2,3; sets CUDA_VISIBLE_DEVICES; the chief gets none)")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, as for python -m histo_exp")
     args = parser.parse_args(argv)
     if args.workers < 1:
         parser.error("--workers must be 1 or more")
     folder = (args.dir or Path("outputs/distributed") / datetime.now().strftime("%Y-%m-%d_%H-%M-%S"))
-    return launch(args.workers, folder.absolute(), args.overrides, args.port)
+    gpus = [g for g in args.gpus.split(",") if g.strip()]
+    return launch(args.workers, folder.absolute(), args.overrides, args.port, gpus)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ from hydra.core.global_hydra import GlobalHydra
 
 from conftest import TINY, cli_env, runs
 from histo_exp.config import CONFIG_DIR
-from histo_exp.distributed import (commands, record_search_run, recorded_search_run, role, tuner_env,
+from histo_exp.distributed import (commands, device_env, record_search_run, recorded_search_run, role, tuner_env,
                                    wait_for_search_run)
 
 
@@ -53,6 +53,11 @@ def test_launcher_gives_every_process_the_same_folder_and_port(tmp_path):
         assert f"tuner.directory={tmp_path}" in cmd and "tuner.distributed.port=9000" in cmd
         assert f"hydra.run.dir={tmp_path}/{name}" in cmd and "debug=fast" in cmd
     assert "tuner.distributed.worker_id=2" in cmds["worker2"]
+    # One GPU per worker, round robin; the chief (index 0) keeps off the GPUs.
+    assert [device_env(i, ["0", "1"]) for i in range(4)] == [
+        {"CUDA_VISIBLE_DEVICES": ""}, {"CUDA_VISIBLE_DEVICES": "0"}, {"CUDA_VISIBLE_DEVICES": "1"},
+        {"CUDA_VISIBLE_DEVICES": "0"}]
+    assert device_env(1, []) == {}
 
 
 def test_ray_launcher_composes():
