@@ -15,6 +15,8 @@ loopback sharing one tuner folder (``make search-distributed WORKERS=2``).
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import json
 import os
 import signal
@@ -23,7 +25,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -46,38 +49,85 @@ def role(cfg: Mapping[str, Any] | None) -> str | None:
 
 
 def tuner_env(cfg: Mapping[str, Any]) -> dict[str, str]:
-    """KerasTuner's environment for this process's role (empty when the config names none)."""
+    """KerasTuner's environment for this process's role (empty when the config names none).
+
+    Workers without a ``worker_id`` get one from host and pid; a fixed id lets a restarted worker
+    take back the trial it was running.
+    """
     chosen = cfg.get("role")
     if chosen in (None, "none", ""):
         return {}
-    tuner_id = "chief" if role(cfg) == "chief" else f"worker{cfg.get('worker_id', 0)}"
+    if role(cfg) == "chief":
+        tuner_id = "chief"
+    else:
+        worker_id = cfg.get("worker_id")
+        tuner_id = f"worker{worker_id}" if worker_id is not None else f"worker-{socket.gethostname()}-{os.getpid()}"
     return {"KERASTUNER_TUNER_ID": tuner_id, "KERASTUNER_ORACLE_IP": str(cfg["host"]),
             "KERASTUNER_ORACLE_PORT": str(cfg["port"])}
 
 
-def record_search_run(folder: Path, run_id: str, tracking_uri: str) -> None:
+@contextlib.contextmanager
+def kerastuner_env(cfg: Mapping[str, Any] | None) -> Iterator[dict[str, str]]:
+    """KerasTuner's variables set for the block and restored after it (a multirun of several
+    jobs in one process must not inherit the last job's role)."""
+    env = tuner_env(cfg or {})
+    saved = {name: os.environ.get(name) for name in env}
+    os.environ.update(env)
+    try:
+        yield env
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+@contextlib.contextmanager
+def search_lock(folder: Path) -> Iterator[None]:
+    """Hold the tuner folder for this process: two chiefs (or a chief and a lone run) on one
+    folder would each serve an oracle and write the same trials."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    # Beside the folder, not in it: tuner.overwrite=true deletes the folder while this is held.
+    with open(folder.with_name(f".{folder.name}.lock"), "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RuntimeError(
+                f"another process is running the search in {folder}; wait for it to end or stop it "
+                "(workers join a search with tuner.distributed.role=worker)") from None
+        yield
+
+
+def record_search_run(folder: Path, run_id: str, tracking_uri: str, session: str | None = None) -> None:
     """Write the search run's id into the tuner folder (atomically: workers poll for it)."""
     folder.mkdir(parents=True, exist_ok=True)
     partial = folder / f".{RUN_FILE}.{os.getpid()}"
-    partial.write_text(json.dumps({"run_id": run_id, "tracking_uri": tracking_uri}))
+    partial.write_text(json.dumps({"run_id": run_id, "tracking_uri": tracking_uri, "session": session}))
     partial.replace(folder / RUN_FILE)
 
 
-def recorded_search_run(folder: Path, tracking_uri: str) -> str | None:
-    """The search run recorded in ``folder`` for this tracking store, if any."""
+def recorded_search_run(folder: Path, tracking_uri: str, session: str | None = None) -> str | None:
+    """The search run recorded in ``folder`` for this tracking store (and launch session), if any."""
     try:
         record = json.loads((folder / RUN_FILE).read_text())
     except (OSError, ValueError):
         return None
-    return record.get("run_id") if record.get("tracking_uri") == tracking_uri else None
+    if record.get("tracking_uri") != tracking_uri or (session and record.get("session") != session):
+        return None
+    return record.get("run_id")
 
 
 def wait_for_search_run(folder: Path, tracking_uri: str, is_running: Callable[[str], bool],
-                        timeout_s: float, poll_s: float = 0.5) -> str:
-    """Block until the chief has recorded a running search run in ``folder``; return its id."""
+                        timeout_s: float, session: str | None = None, poll_s: float = 0.5) -> str:
+    """Block until the chief has recorded a running search run in ``folder``; return its id.
+
+    With a ``session`` (the launcher gives every process one), a record left by an earlier
+    chief is not taken for this one's.
+    """
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        run_id = recorded_search_run(folder, tracking_uri)
+        run_id = recorded_search_run(folder, tracking_uri, session)
         if run_id and is_running(run_id):
             return run_id
         time.sleep(poll_s)
@@ -96,10 +146,12 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def commands(workers: int, folder: Path, port: int, overrides: Sequence[str],
-             host: str = "127.0.0.1") -> dict[str, list[str]]:
+             host: str = "127.0.0.1", session: str = "") -> dict[str, list[str]]:
     """The ``python -m histo_exp`` command line of the chief and of each worker."""
     shared = [*overrides, f"tuner.directory={folder}", f"tuner.distributed.host={host}",
               f"tuner.distributed.port={port}"]
+    if session:
+        shared.append(f"tuner.distributed.session={session}")
     out = {"chief": [sys.executable, "-m", "histo_exp", *shared, "tuner.distributed.role=chief",
                      f"hydra.run.dir={folder}/chief"]}
     for i in range(1, workers + 1):
@@ -116,13 +168,15 @@ def device_env(index: int, gpus: Sequence[str]) -> dict[str, str]:
     """
     if not gpus:
         return {}
-    return {"CUDA_VISIBLE_DEVICES": str(gpus[(index - 1) % len(gpus)]) if index else ""}
+    # Workers may share a GPU (more workers than GPUs): take memory as needed, not all up front.
+    return {"CUDA_VISIBLE_DEVICES": str(gpus[(index - 1) % len(gpus)]) if index else "",
+            "TF_FORCE_GPU_ALLOW_GROWTH": "true", "XLA_PYTHON_CLIENT_PREALLOCATE": "false"}
 
 
 def _relay(name: str, stream: Any) -> None:
     for line in stream:
         sys.stdout.write(f"[{name}] {line}")
-    sys.stdout.flush()
+        sys.stdout.flush()
 
 
 def stop(procs: Sequence[subprocess.Popen], grace_s: float = 60.0) -> None:
@@ -154,15 +208,21 @@ def wait_all(procs: Mapping[str, subprocess.Popen], poll_s: float = 0.5) -> dict
 
 def launch(workers: int, folder: Path, overrides: Sequence[str], port: int | None = None,
            gpus: Sequence[str] = ()) -> int:
-    """Run a chief and ``workers`` workers to the end; their output is prefixed by role."""
+    """Run a chief and ``workers`` workers to the end; their output is prefixed by role.
+
+    The processes run in their own session, so a Ctrl-C reaches them once, from here; whatever
+    way this ends, none is left running.
+    """
     port = port or free_port()
+    session = uuid.uuid4().hex[:12]
     procs: dict[str, subprocess.Popen] = {}
     relays = []
     print(f"search in {folder}: chief on 127.0.0.1:{port}, {workers} workers", flush=True)
     try:
-        for index, (name, cmd) in enumerate(commands(workers, folder, port, overrides).items()):
-            procs[name] = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                           text=True, bufsize=1, env={**os.environ, **device_env(index, gpus)})
+        for index, (name, cmd) in enumerate(commands(workers, folder, port, overrides, session=session).items()):
+            procs[name] = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                           bufsize=1, start_new_session=True,
+                                           env={**os.environ, "PYTHONUNBUFFERED": "1", **device_env(index, gpus)})
             relays.append(threading.Thread(target=_relay, args=(name, procs[name].stdout), daemon=True))
             relays[-1].start()
         codes = wait_all(procs)
@@ -171,6 +231,9 @@ def launch(workers: int, folder: Path, overrides: Sequence[str], port: int | Non
         print(f"interrupted: resume with --dir {folder}", flush=True)
         return 130
     finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.kill()
         for relay in relays:
             relay.join(timeout=5)
     failed = {name: code for name, code in codes.items() if code}
@@ -179,6 +242,10 @@ def launch(workers: int, folder: Path, overrides: Sequence[str], port: int | Non
         return 1
     print(f"done: the search and its evaluation are in {folder}/chief", flush=True)
     return 0
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -197,6 +264,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--workers must be 1 or more")
     folder = (args.dir or Path("outputs/distributed") / datetime.now().strftime("%Y-%m-%d_%H-%M-%S"))
     gpus = [g for g in args.gpus.split(",") if g.strip()]
+    signal.signal(signal.SIGTERM, _interrupt)  # a scheduler's stop: the same clean end as Ctrl-C
+    # Started in the background, a shell leaves SIGINT ignored, and so would the children be.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     return launch(args.workers, folder.absolute(), args.overrides, args.port, gpus)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import os
 import shutil
 import subprocess
 import warnings
@@ -23,7 +24,8 @@ from histo_exp.data.batches import Augment, split_batches
 from histo_exp.data.dataset import PatchData, load
 from histo_exp import __version__
 from histo_exp.evaluate import evaluate, save_model
-from histo_exp.distributed import record_search_run, recorded_search_run, role, wait_for_search_run
+from histo_exp.distributed import (kerastuner_env, record_search_run, recorded_search_run, role, search_lock,
+                                   wait_for_search_run)
 from histo_exp.evaluation.plots import plot_trials
 from histo_exp.model.hypermodel import CNNHyperModel
 from histo_exp.tracking import NullTracker, flatten
@@ -145,8 +147,16 @@ def run(cfg: DictConfig) -> dict[str, float]:
     log.info("data:\n%s", data.summary())
     log.info("keras %s on the %s backend", keras.__version__, keras.backend.backend())
     dist = cfg.tuner.get("distributed")
-    if role(dist) == "worker":
-        return work(cfg, data)
+    with kerastuner_env(dist):
+        if role(dist) == "worker":
+            return work(cfg, data)
+        with search_lock(Path(cfg.tuner.directory) / cfg.tuner.project_name):
+            return lead(cfg, data, out)
+
+
+def lead(cfg: DictConfig, data: PatchData, out: Path) -> dict[str, float]:
+    """One process's search, or a chief's: own the search run, then evaluate the best model."""
+    dist = cfg.tuner.get("distributed") or {}
     tracker = instantiate(cfg.logger)
     tuner = build_search(cfg, data, tracker)
     folder = Path(tuner.project_dir)
@@ -158,10 +168,10 @@ def run(cfg: DictConfig) -> dict[str, float]:
         resume=recorded_search_run(folder, tracker.tracking_uri) if tracker.tracking_uri else None,
     )
     if tracker.search_run_id:
-        record_search_run(folder, tracker.search_run_id, tracker.tracking_uri)
+        record_search_run(folder, tracker.search_run_id, tracker.tracking_uri, dist.get("session"))
     if role(dist) == "chief":
         log.info("chief: serving the search on %s:%s for workers (tuner folder %s)",
-                 dist.host, dist.port, folder)
+                 os.environ["KERASTUNER_ORACLE_IP"], os.environ["KERASTUNER_ORACLE_PORT"], folder)
     with ending_runs(tracker):
         search(cfg, data, tuner)
         model, trial = best_model(tuner)
@@ -180,9 +190,10 @@ def work(cfg: DictConfig, data: PatchData) -> dict[str, float]:
     if uri:
         # The chief creates the store and the run: open the store only once the run is recorded.
         folder = Path(cfg.tuner.directory) / cfg.tuner.project_name
-        log.info("worker %s: waiting for the chief's search run in %s", dist.worker_id, folder)
+        log.info("%s: waiting for the chief's search run in %s", os.environ["KERASTUNER_TUNER_ID"], folder)
         store = functools.cache(lambda: instantiate(cfg.logger))
-        run_id = wait_for_search_run(folder, uri, lambda run: store().is_running(run), float(dist.timeout_s))
+        run_id = wait_for_search_run(folder, uri, lambda run: store().is_running(run), float(dist.timeout_s),
+                                     session=dist.get("session"))
         tracker = store()
         tracker.join_search(run_id)
     tuner = build_search(cfg, data, tracker)

@@ -22,6 +22,7 @@ ERROR = "histo_exp.error"
 TRIAL_ID = "histo_exp.trial_id"
 RETRY_OF = "histo_exp.retry_of"  # on a trial run: the earlier, interrupted runs of the same trial
 RESUMED = "histo_exp.resumed"    # on a search run: how many times it was resumed
+PER_LAUNCH = ("paths.output_dir", "tuner.distributed.")  # differ at every launch: not worth a warning
 MAX_TAG = 5000
 
 
@@ -125,12 +126,12 @@ class MlflowTracker(NullTracker):
                      tags: Mapping[str, str] | None = None, resume: str | None = None) -> None:
         """Open a new search run, or reopen ``resume`` (a search run of this store) to go on in it."""
         previous = self._run(resume) if resume else None
-        if previous is not None:
+        if previous is not None and previous.info.lifecycle_stage == "active":  # not deleted in the UI
             self._reopen(previous, params, tags or {})
             return
         if resume:
-            log.warning("the search run %s recorded in the tuner folder is not in %s: starting a new "
-                        "run for the resumed search", resume, self.tracking_uri)
+            log.warning("the search run %s recorded in the tuner folder is not in %s (or was deleted): "
+                        "starting a new run for the resumed search", resume, self.tracking_uri)
         run = self.client.create_run(self.experiment_id, run_name=run_name,
                                      tags={ROLE: "search", **(tags or {})})
         self.search_run_id = run.info.run_id
@@ -147,7 +148,8 @@ class MlflowTracker(NullTracker):
             self.client.set_tag(self.search_run_id, key, value)
         old = run.data.params
         new = {k: str(v)[:6000] for k, v in params.items()}
-        changed = {k: (old[k], v) for k, v in new.items() if k in old and old[k] != v}
+        changed = {k: (old[k], v) for k, v in new.items()
+                   if k in old and old[k] != v and not k.startswith(PER_LAUNCH)}
         if changed:
             log.warning("resumed with changed settings; the run keeps its first params: %s",
                         ", ".join(f"{k}: {a} -> {b}" for k, (a, b) in changed.items()))

@@ -12,7 +12,7 @@ from typing import Any
 import keras_tuner as kt
 from hydra.utils import instantiate
 
-from histo_exp.distributed import role, tuner_env
+from histo_exp.distributed import role
 from histo_exp.evaluation.plots import plot_history
 from histo_exp.space import to_plain
 from histo_exp.tracking import NullTracker
@@ -99,21 +99,26 @@ class Hyperband(TrackedTuner, kt.Hyperband):
 def build_tuner(cfg: Mapping, hypermodel: kt.HyperModel, tracker: NullTracker) -> kt.Tuner:
     """Instantiate the configured tuner; an existing tuner folder is resumed unless told otherwise.
 
-    ``tuner.distributed`` becomes KerasTuner's chief/worker environment. A worker never clears
-    the shared folder: only the chief (or a lone process) may start a search over.
+    Run inside ``distributed.kerastuner_env``: KerasTuner reads its role from the environment.
+    A worker never clears the shared folder: only the chief (or a lone process) starts over.
     """
     cfg = dict(to_plain(cfg))
     dist = cfg.pop("distributed", None) or {}
-    os.environ.update(tuner_env(dist))
-    if role(dist) == "worker" and cfg.get("overwrite"):
+    worker = role(dist) == "worker"
+    if worker and cfg.get("overwrite"):
         log.warning("tuner.overwrite=true is for the chief; this worker joins the search as it is")
         cfg["overwrite"] = False
     folder = Path(cfg["directory"]) / cfg["project_name"]
-    if (folder / "oracle.json").exists() and role(dist) != "worker":
+    if (folder / "oracle.json").exists() and not worker:
         if cfg.get("overwrite"):
             log.info("tuner.overwrite=true: starting over in %s", folder)
             shutil.rmtree(folder)
         else:
             log.warning("resuming the search saved in %s (set tuner.overwrite=true to start over)",
                         folder)
+            # KerasTuner reloads only if its own state file is there (tuner0.json alone, chief.json
+            # as a chief): resuming a search begun the other way must reload too.
+            own = folder / f"{os.environ.get('KERASTUNER_TUNER_ID', 'tuner0')}.json"
+            if not own.exists():
+                own.write_text("{}")
     return instantiate(cfg, hypermodel=hypermodel, tracker=tracker)

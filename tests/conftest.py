@@ -71,6 +71,8 @@ def cli_env(cache_dir: Path) -> dict[str, str]:
     env = {**os.environ, "HISTO_EXP_CACHE": str(cache_dir), "PYTHONUNBUFFERED": "1"}
     env.pop("PYTEST_CURRENT_TEST", None)
     env.pop("KERAS_BACKEND", None)  # the default backend unless a test sets one
+    for name in [n for n in env if n.startswith("KERASTUNER_")]:  # no role from the caller's shell
+        env.pop(name)
     return env
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -15,7 +16,7 @@ from hydra.core.global_hydra import GlobalHydra
 
 from conftest import TINY, cli_env, runs
 from histo_exp.config import CONFIG_DIR
-from histo_exp.distributed import (commands, device_env, record_search_run, recorded_search_run, role, tuner_env,
+from histo_exp.distributed import (commands, device_env, kerastuner_env, search_lock, record_search_run, recorded_search_run, role, tuner_env,
                                    wait_for_search_run)
 
 
@@ -29,6 +30,11 @@ def test_distributed_config_becomes_kerastuners_environment(compose_cfg, monkeyp
                                                 "KERASTUNER_ORACLE_PORT": "9123"}
     assert tuner_env(compose_cfg("tuner.distributed.role=chief").tuner.distributed)["KERASTUNER_TUNER_ID"] == "chief"
     assert tuner_env(compose_cfg().tuner.distributed) == {} and role(compose_cfg().tuner.distributed) is None
+    unnamed = tuner_env(compose_cfg("tuner.distributed.role=worker").tuner.distributed)
+    assert unnamed["KERASTUNER_TUNER_ID"].startswith("worker-")  # host and pid: never two alike
+    with kerastuner_env(cfg.tuner.distributed) as env:  # set for the run, gone after it
+        assert os.environ["KERASTUNER_TUNER_ID"] == env["KERASTUNER_TUNER_ID"] == "worker3"
+    assert "KERASTUNER_TUNER_ID" not in os.environ
     with pytest.raises(ValueError, match="chief, worker or null"):
         role(compose_cfg("tuner.distributed.role=boss").tuner.distributed)
     # KerasTuner's own protocol, set by a cluster scheduler, is understood too.
@@ -38,25 +44,39 @@ def test_distributed_config_becomes_kerastuners_environment(compose_cfg, monkeyp
 
 
 def test_workers_wait_for_a_running_search_run_and_say_what_to_fix(tmp_path):
-    record_search_run(tmp_path, "abc", "sqlite:///x.db")
+    record_search_run(tmp_path, "abc", "sqlite:///x.db", session="s1")
     assert recorded_search_run(tmp_path, "sqlite:///x.db") == "abc"
     assert recorded_search_run(tmp_path, "http://elsewhere") is None  # another store: not this run
     assert wait_for_search_run(tmp_path, "sqlite:///x.db", lambda run: run == "abc", 5) == "abc"
     with pytest.raises(TimeoutError, match="start the chief"):  # recorded but ended: a stale record
         wait_for_search_run(tmp_path, "sqlite:///x.db", lambda run: False, 0.3, poll_s=0.1)
+    with pytest.raises(TimeoutError):  # running, but an earlier launch's chief: not this session's
+        wait_for_search_run(tmp_path, "sqlite:///x.db", lambda run: True, 0.3, session="s2", poll_s=0.1)
+    assert wait_for_search_run(tmp_path, "sqlite:///x.db", lambda run: True, 5, session="s1") == "abc"
+
+
+def test_one_process_at_a_time_leads_a_search(tmp_path):
+    folder = tmp_path / "tuner"
+    with search_lock(folder):
+        code = ("import sys; from pathlib import Path; from histo_exp.distributed import search_lock\n"
+                "with search_lock(Path(sys.argv[1])): pass")
+        other = subprocess.run([sys.executable, "-c", code, str(folder)], capture_output=True, text=True)
+        assert other.returncode != 0 and "another process is running the search" in other.stderr
+    with search_lock(folder):  # free again once the holder is done
+        pass
 
 
 def test_launcher_gives_every_process_the_same_folder_and_port(tmp_path):
-    cmds = commands(2, tmp_path, 9000, ["debug=fast"])
+    cmds = commands(2, tmp_path, 9000, ["debug=fast"], session="abc")
     assert list(cmds) == ["chief", "worker1", "worker2"]
     for name, cmd in cmds.items():
         assert f"tuner.directory={tmp_path}" in cmd and "tuner.distributed.port=9000" in cmd
         assert f"hydra.run.dir={tmp_path}/{name}" in cmd and "debug=fast" in cmd
+        assert "tuner.distributed.session=abc" in cmd
     assert "tuner.distributed.worker_id=2" in cmds["worker2"]
     # One GPU per worker, round robin; the chief (index 0) keeps off the GPUs.
-    assert [device_env(i, ["0", "1"]) for i in range(4)] == [
-        {"CUDA_VISIBLE_DEVICES": ""}, {"CUDA_VISIBLE_DEVICES": "0"}, {"CUDA_VISIBLE_DEVICES": "1"},
-        {"CUDA_VISIBLE_DEVICES": "0"}]
+    assert [device_env(i, ["0", "1"])["CUDA_VISIBLE_DEVICES"] for i in range(4)] == ["", "0", "1", "0"]
+    assert device_env(1, ["0"])["TF_FORCE_GPU_ALLOW_GROWTH"] == "true"  # workers may share a GPU
     assert device_env(1, []) == {}
 
 
@@ -81,11 +101,12 @@ def test_interrupted_search_resumes_without_repeating_trials(tmp_path, cache_dir
                             stderr=subprocess.STDOUT, text=True)
     lines = []
     deadline = time.time() + 240
-    for line in proc.stdout:
+    in_trial_1 = False
+    for line in proc.stdout:  # stop trial 1 after its first epoch, with 24 still to go
         lines.append(line)
-        if "trial 1 of at most 3" in line or time.time() > deadline:
+        in_trial_1 = in_trial_1 or "trial 1 of at most 3" in line
+        if (in_trial_1 and "/step" in line) or time.time() > deadline:
             break
-    time.sleep(2)
     proc.send_signal(signal.SIGINT)
     out, _ = proc.communicate(timeout=120)
     first = "".join(lines) + out
@@ -153,3 +174,36 @@ def test_parallel_jobs_make_one_synthetic_dataset(tmp_path):
     assert all(p.returncode == 0 for p in procs), errors
     assert len(list((tmp_path / "set").glob("*/*/*.png"))) == 120
     assert [p.name for p in tmp_path.iterdir()] == ["set"]  # no partial folders left behind
+
+
+@pytest.mark.slow
+def test_an_interrupted_distributed_search_stops_cleanly_and_resumes(tmp_path, cache_dir):
+    """Ctrl-C to the launcher reaches the chief and both workers; the same --dir then finishes."""
+    cmd = [sys.executable, "-m", "histo_exp.distributed", "--workers", "2", "--dir", str(tmp_path / "dist"),
+           *TINY, "tuner.max_trials=4", "trainer.epochs=30", "trainer.early_stopping_patience=null"]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=cli_env(cache_dir), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    lines = []
+    deadline = time.time() + 240
+    for line in proc.stdout:  # the first epoch of the first trial, 29 to go
+        lines.append(line)
+        if "/step" in line or time.time() > deadline:
+            break
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=180)
+    first = "".join(lines) + out
+    assert proc.returncode == 130 and "resume with --dir" in first, first[-3000:]
+    left = subprocess.run(["pgrep", "-f", f"tuner.directory={tmp_path}/dist"], capture_output=True, text=True)
+    assert left.stdout == ""  # neither the chief nor a worker outlives the launcher
+    _, search, trials = runs(tmp_path)
+    assert [r.info.status for r in search] == ["KILLED"] and trials
+    assert all(t.info.status == "KILLED" for t in trials)
+
+    again = subprocess.run(cmd, cwd=tmp_path, env=cli_env(cache_dir), capture_output=True, text=True,
+                           timeout=600)
+    assert again.returncode == 0, again.stdout[-4000:]
+    assert "changed settings" not in again.stdout  # a new port and session are not a change
+    _, search_after, trials = runs(tmp_path)
+    assert [(r.info.run_id, r.info.status) for r in search_after] == [(search[0].info.run_id, "FINISHED")]
+    finished = Counter(t.data.tags["histo_exp.trial_id"] for t in trials if t.info.status == "FINISHED")
+    assert finished == {"0": 1, "1": 1, "2": 1, "3": 1}

@@ -97,7 +97,7 @@ def test_a_search_logs_to_a_tracking_server(server, logged):
     assert not (tmp_path / "mlruns").exists()  # nothing went to a local store
 
 
-CHROMIUM = os.environ.get("HISTO_EXP_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMIUM = os.environ.get("HISTO_EXP_CHROMIUM") or shutil.which("chromium")
 # Flags for a closed network: without the background ones Chromium keeps calling Google's hosts.
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-sync",
                  "--disable-component-update", "--no-first-run"]

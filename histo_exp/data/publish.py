@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 from collections.abc import Callable
 from pathlib import Path
 
@@ -13,9 +14,9 @@ def build_folder(final: Path, build: Callable[[Path], None], complete: Callable[
 
     Parallel jobs (a multirun, a chief and its workers) may build the same folder at once: the
     first to finish wins and the others drop their copy. Returns whether this process's copy is
-    the one in place. A killed build leaves only its own ``.partial-<pid>`` folder behind.
+    the one in place. A killed build leaves only its own ``.partial-<host>-<pid>`` folder behind.
     """
-    tmp = final.with_name(f"{final.name}.partial-{os.getpid()}")
+    tmp = final.with_name(f"{final.name}.partial-{socket.gethostname()}-{os.getpid()}")  # shared disks too
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         build(tmp)
