@@ -9,6 +9,11 @@ from omegaconf import DictConfig, OmegaConf
 CONFIG_DIR = Path(__file__).resolve().parent / "conf"
 
 
+def local_tracking_uri() -> str:
+    """The MLflow store runs from this folder log to by default (``logger=mlflow``)."""
+    return f"sqlite:///{Path.cwd() / 'mlruns' / 'mlflow.db'}"
+
+
 def config_yaml(cfg: DictConfig) -> str:
     """The resolved config as YAML, search-space specs inline (``{choice: [16, 32]}``)."""
     return yaml.safe_dump(OmegaConf.to_container(cfg, resolve=True), sort_keys=False,

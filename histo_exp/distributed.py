@@ -32,13 +32,14 @@ from pathlib import Path
 from typing import Any
 
 ROLES = ("chief", "worker")
+UNSET = (None, "none", "")  # tuner.distributed.role for a process that searches alone
 RUN_FILE = "histo_exp_run.json"
 
 
 def role(cfg: Mapping[str, Any] | None) -> str | None:
     """``chief``, ``worker`` or None (one process); from the config, else from KerasTuner's env."""
     chosen = (cfg or {}).get("role")
-    if chosen in (None, "none", ""):
+    if chosen in UNSET:
         tuner_id = os.environ.get("KERASTUNER_TUNER_ID")
         if tuner_id and "KERASTUNER_ORACLE_IP" in os.environ:
             return "chief" if "chief" in tuner_id else "worker"
@@ -54,8 +55,7 @@ def tuner_env(cfg: Mapping[str, Any]) -> dict[str, str]:
     Workers without a ``worker_id`` get one from host and pid; a fixed id lets a restarted worker
     take back the trial it was running.
     """
-    chosen = cfg.get("role")
-    if chosen in (None, "none", ""):
+    if cfg.get("role") in UNSET:
         return {}
     if role(cfg) == "chief":
         tuner_id = "chief"
@@ -152,11 +152,11 @@ def commands(workers: int, folder: Path, port: int, overrides: Sequence[str],
               f"tuner.distributed.port={port}"]
     if session:
         shared.append(f"tuner.distributed.session={session}")
-    out = {"chief": [sys.executable, "-m", "histo_exp", *shared, "tuner.distributed.role=chief",
-                     f"hydra.run.dir={folder}/chief"]}
+    base = [sys.executable, "-m", "histo_exp", *shared]
+    out = {"chief": [*base, "tuner.distributed.role=chief", f"hydra.run.dir={folder}/chief"]}
     for i in range(1, workers + 1):
-        out[f"worker{i}"] = [sys.executable, "-m", "histo_exp", *shared, "tuner.distributed.role=worker",
-                             f"tuner.distributed.worker_id={i}", f"hydra.run.dir={folder}/worker{i}"]
+        out[f"worker{i}"] = [*base, "tuner.distributed.role=worker", f"tuner.distributed.worker_id={i}",
+                             f"hydra.run.dir={folder}/worker{i}"]
     return out
 
 

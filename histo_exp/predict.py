@@ -19,7 +19,7 @@ import sys  # noqa: E402
 import numpy as np  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
-from histo_exp.config import CONFIG_DIR  # noqa: E402
+from histo_exp.config import CONFIG_DIR, local_tracking_uri  # noqa: E402
 
 log = logging.getLogger("histo_exp.predict")
 
@@ -126,7 +126,7 @@ def parse(argv: list[str]) -> DictConfig:
             "[output=predictions.csv]"
         )
     if cfg.tracking_uri is None:
-        cfg.tracking_uri = f"sqlite:///{Path.cwd() / 'mlruns' / 'mlflow.db'}"
+        cfg.tracking_uri = local_tracking_uri()
     return cfg
 
 

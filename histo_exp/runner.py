@@ -29,8 +29,8 @@ from histo_exp.distributed import (kerastuner_env, record_search_run, recorded_s
 from histo_exp.evaluation.plots import plot_trials
 from histo_exp.model.hypermodel import CNNHyperModel
 from histo_exp.tracking import NullTracker, flatten
-from histo_exp.trials import trials_csv
-from histo_exp.tuning import build_tuner, format_hparams
+from histo_exp.trials import from_tuner_dir, trials_csv
+from histo_exp.tuning import build_tuner, format_hparams, tuner_folder
 
 log = logging.getLogger(__name__)
 
@@ -123,10 +123,8 @@ def log_results(cfg: DictConfig, data: PatchData, model: keras.Model, tuner: Any
         tracker.log_artifact(path)
     for path in result.maps:
         tracker.log_artifact(path, "maps")
-    trials = out / "trials.csv"
-    trials.write_text(trials_csv(
-        {"trial": t.trial_id, "status": t.status, "val_auc": t.score, **t.hyperparameters.values}
-        for t in tuner.oracle.trials.values()))
+    trials = out / "trials.csv"  # the same table as `python -m histo_exp.trials <tuner folder>`
+    trials.write_text(trials_csv(from_tuner_dir(Path(tuner.project_dir))))
     tracker.log_artifact(trials)
     split_csv = out / "split.csv"
     split_csv.write_text(data.split_table())
@@ -150,7 +148,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
     with kerastuner_env(dist):
         if role(dist) == "worker":
             return work(cfg, data)
-        with search_lock(Path(cfg.tuner.directory) / cfg.tuner.project_name):
+        with search_lock(tuner_folder(cfg.tuner)):
             return lead(cfg, data, out)
 
 
@@ -189,7 +187,7 @@ def work(cfg: DictConfig, data: PatchData) -> dict[str, float]:
     uri = cfg.logger.get("tracking_uri")
     if uri:
         # The chief creates the store and the run: open the store only once the run is recorded.
-        folder = Path(cfg.tuner.directory) / cfg.tuner.project_name
+        folder = tuner_folder(cfg.tuner)
         log.info("%s: waiting for the chief's search run in %s", os.environ["KERASTUNER_TUNER_ID"], folder)
         store = functools.cache(lambda: instantiate(cfg.logger))
         run_id = wait_for_search_run(folder, uri, lambda run: store().is_running(run), float(dist.timeout_s),

@@ -16,6 +16,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from histo_exp.config import local_tracking_uri
+
 FIXED = ("trial", "status", "val_auc")
 
 
@@ -58,7 +60,7 @@ def main(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(prog="python -m histo_exp.trials", description=__doc__.splitlines()[0])
     parser.add_argument("source", help="a search run id, or a tuner folder (outputs/<date>/<time>/tuner)")
     parser.add_argument("--csv", help="write here (default: print)")
-    parser.add_argument("--tracking-uri", default=f"sqlite:///{Path.cwd() / 'mlruns' / 'mlflow.db'}",
+    parser.add_argument("--tracking-uri", default=local_tracking_uri(),
                         help="MLflow store for run ids (default: ./mlruns/mlflow.db)")
     args = parser.parse_args(argv)
     source = Path(args.source)

@@ -36,7 +36,7 @@ class TrackedTuner:
 
     def __init__(self, *args: Any, tracker: NullTracker | None = None, **kwargs: Any) -> None:
         self.tracker = tracker or NullTracker()
-        self.histories: dict[str, dict[str, list[float]]] = {}  # trial id -> metric -> per epoch
+        self.history: dict[str, list[float]] = {}  # the running trial's metrics, per epoch
         super().__init__(*args, **kwargs)
 
     def search(self, *fit_args: Any, **fit_kwargs: Any) -> None:
@@ -51,6 +51,7 @@ class TrackedTuner:
 
     def on_trial_begin(self, trial: kt.engine.trial.Trial) -> None:
         super().on_trial_begin(trial)
+        self.history = {}
         limit = self.oracle.max_trials
         log.info("trial %s%s", trial.trial_id, f" of at most {limit}" if limit else "")
         self.tracker.start_trial(trial.trial_id, trial.hyperparameters.values,
@@ -59,18 +60,17 @@ class TrackedTuner:
     def on_epoch_end(self, trial, model, epoch, logs=None) -> None:
         super().on_epoch_end(trial, model, epoch, logs=logs)
         self.tracker.log_epoch(epoch, logs or {})
-        history = self.histories.setdefault(trial.trial_id, {})
         for name, value in (logs or {}).items():
-            history.setdefault(name, []).append(float(value))
+            self.history.setdefault(name, []).append(float(value))
 
     def on_trial_end(self, trial: kt.engine.trial.Trial) -> None:
         super().on_trial_end(trial)
         status = STATUS.get(str(trial.status), "FAILED")
         score = self.oracle.get_trial(trial.trial_id).score  # a worker's own copy has none
         metrics = {self.oracle.objective.name: score} if score is not None else {}
-        if self.histories.get(trial.trial_id):
+        if self.history:
             path = Path(self.get_trial_dir(trial.trial_id)) / "training_curves.png"
-            plot_history(self.histories[trial.trial_id], path, f"trial {trial.trial_id}")
+            plot_history(self.history, path, f"trial {trial.trial_id}")
             self.tracker.log_trial_artifact(path)
         self.tracker.end_trial(status, metrics, error=trial.message)
         shown = f"{score:.4f}" if score is not None else "n/a"
@@ -96,6 +96,11 @@ class Hyperband(TrackedTuner, kt.Hyperband):
     """KerasTuner's Hyperband with tracking."""
 
 
+def tuner_folder(cfg: Mapping) -> Path:
+    """KerasTuner's project folder: ``<tuner.directory>/<tuner.project_name>``."""
+    return Path(cfg["directory"]) / cfg["project_name"]
+
+
 def build_tuner(cfg: Mapping, hypermodel: kt.HyperModel, tracker: NullTracker) -> kt.Tuner:
     """Instantiate the configured tuner; an existing tuner folder is resumed unless told otherwise.
 
@@ -108,7 +113,7 @@ def build_tuner(cfg: Mapping, hypermodel: kt.HyperModel, tracker: NullTracker) -
     if worker and cfg.get("overwrite"):
         log.warning("tuner.overwrite=true is for the chief; this worker joins the search as it is")
         cfg["overwrite"] = False
-    folder = Path(cfg["directory"]) / cfg["project_name"]
+    folder = tuner_folder(cfg)
     if (folder / "oracle.json").exists() and not worker:
         if cfg.get("overwrite"):
             log.info("tuner.overwrite=true: starting over in %s", folder)
