@@ -44,14 +44,15 @@ bench: $(STAMP) ## ingest and training benchmarks on a full-size synthetic IDC t
 	$(BIN)/python bench/run.py
 
 search-distributed: $(STAMP) ## a KerasTuner chief and WORKERS (2) workers on loopback sharing one search [ARGS=overrides DIR=folder GPUS=0,1]
-	$(BIN)/python -m histo_exp.distributed --workers $(WORKERS) $(if $(DIR),--dir $(DIR)) $(if $(GPUS),--gpus $(GPUS)) $(ARGS)
+	$(BIN)/python -m histo_exp.launch --workers $(WORKERS) $(if $(DIR),--dir $(DIR)) $(if $(GPUS),--gpus $(GPUS)) $(ARGS)
 
 server: $(STAMP) ## MLflow tracking server (SQLite + local artifacts) on $(HOST):$(PORT); log to it with logger.tracking_uri=http://$(HOST):$(PORT)
 	$(BIN)/mlflow server --backend-store-uri sqlite:///$(CURDIR)/mlruns/server.db \
 		--artifacts-destination $(CURDIR)/mlruns/server-artifacts --host $(HOST) --port $(PORT)
 
-ui: $(STAMP) ## open the MLflow UI on every run made from this folder
-	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlruns/mlflow.db --host $(HOST) --port $(PORT)
+ui: $(STAMP) ## open the MLflow UI on the store that runs from this folder log to (logger.tracking_uri)
+	$(BIN)/mlflow ui --backend-store-uri "$$($(BIN)/python -m histo_exp --cfg job --resolve --package logger \
+		| sed -n 's/^tracking_uri: //p')" --host $(HOST) --port $(PORT)
 
 clean: ## remove run outputs and the local MLflow store (keeps .venv and the data cache)
 	rm -rf outputs multirun mlruns

@@ -1,14 +1,11 @@
 """``python -m histo_exp [overrides]``: the Hydra entry point, and the only place Hydra runs."""
 
 import logging
-import os
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import hydra
+from omegaconf import DictConfig
 
-import hydra  # noqa: E402
-from omegaconf import DictConfig  # noqa: E402
-
-from histo_exp.config import CONFIG_DIR, config_yaml  # noqa: E402
+from histo_exp.config import CONFIG_DIR, config_yaml
 
 log = logging.getLogger("histo_exp")
 

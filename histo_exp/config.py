@@ -1,5 +1,6 @@
-"""Where the Hydra configs live, whichever folder the package runs from."""
+"""Where the Hydra configs live, whichever folder the package runs from, and how they print."""
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import yaml
@@ -9,12 +10,14 @@ from omegaconf import DictConfig, OmegaConf
 CONFIG_DIR = Path(__file__).resolve().parent / "conf"
 
 
-def local_tracking_uri() -> str:
-    """The MLflow store runs from this folder log to by default (``logger=mlflow``)."""
-    return f"sqlite:///{Path.cwd() / 'mlruns' / 'mlflow.db'}"
-
-
 def config_yaml(cfg: DictConfig) -> str:
     """The resolved config as YAML, search-space specs inline (``{choice: [16, 32]}``)."""
     return yaml.safe_dump(OmegaConf.to_container(cfg, resolve=True), sort_keys=False,
                           default_flow_style=None, width=100)
+
+
+def require(cfg: DictConfig, keys: Sequence[str], usage: str) -> None:
+    """Stop with the usage line when a mandatory key (``???``) was not given."""
+    missing = [k for k in keys if OmegaConf.is_missing(cfg, k)]
+    if missing:
+        raise SystemExit(f"missing {' and '.join(missing)}. Usage: {usage}")

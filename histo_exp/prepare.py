@@ -5,15 +5,12 @@ the cache. Takes the same config and overrides as ``python -m histo_exp``.
 """
 
 import logging
-import os
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import hydra
+from omegaconf import DictConfig
 
-import hydra  # noqa: E402
-from omegaconf import DictConfig  # noqa: E402
-
-from histo_exp.config import CONFIG_DIR  # noqa: E402
-from histo_exp.data.dataset import load  # noqa: E402
+from histo_exp.config import CONFIG_DIR
+from histo_exp.data.dataset import load
 
 log = logging.getLogger("histo_exp.prepare")
 

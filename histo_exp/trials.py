@@ -1,24 +1,26 @@
-"""``python -m histo_exp.trials <search run id | tuner folder> --csv trials.csv``: one row per trial.
+"""``python -m histo_exp.trials source=<search run id | tuner folder> [csv=trials.csv]``: a row per trial.
 
-From a tuner folder it reads KerasTuner's own ``trial_*/trial.json``; from a run id it reads the
-search run's nested trial runs in MLflow. Either way the columns are: trial, status, score, the
+From a tuner folder it reads KerasTuner's own trial files; from a run id it reads the search
+run's nested trial runs in MLflow. Either way the columns are: trial, status, score, the
 best-epoch metrics, then one column per hyperparameter.
 """
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
-import json
 import sys
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from histo_exp.config import local_tracking_uri
+import hydra
+from omegaconf import DictConfig
+
+from histo_exp.config import CONFIG_DIR, require
 
 FIXED = ("trial", "status", "val_auc")
+USAGE = "python -m histo_exp.trials source=<search run id | tuner folder> [csv=trials.csv]"
 
 
 def trials_csv(rows: Iterable[Mapping[str, Any]]) -> str:
@@ -35,16 +37,18 @@ def trials_csv(rows: Iterable[Mapping[str, Any]]) -> str:
 
 def from_tuner_dir(folder: Path) -> list[dict[str, Any]]:
     """Rows from KerasTuner's trial files (``<folder>/trial_*/trial.json``)."""
+    from keras_tuner.engine.trial import Trial
+
     files = sorted(Path(folder).glob("trial_*/trial.json")) or sorted(Path(folder).glob("*/trial_*/trial.json"))
     if not files:
         raise FileNotFoundError(f"no KerasTuner trials (trial_*/trial.json) under {folder}")
     rows = []
     for path in files:
-        t = json.loads(path.read_text())
-        metrics = t.get("metrics", {}).get("metrics", {})
-        best = {name: m["observations"][-1]["value"][0] for name, m in metrics.items() if m.get("observations")}
-        rows.append({"trial": t["trial_id"], "status": t["status"], **best,
-                     **t["hyperparameters"]["values"]})
+        trial = Trial.load(str(path))
+        tracked = trial.metrics.metrics  # KerasTuner keeps the best epoch's value of each metric
+        best = {name: trial.metrics.get_last_value(name) for name in tracked
+                if tracked[name].get_history()}
+        rows.append({"trial": trial.trial_id, "status": trial.status, **best, **trial.hyperparameters.values})
     return rows
 
 
@@ -56,22 +60,23 @@ def from_run(run_id: str, tracking_uri: str) -> list[dict[str, Any]]:
             for r in trial_runs(run_id, tracking_uri)]
 
 
-def main(argv: list[str] | None = None) -> str:
-    parser = argparse.ArgumentParser(prog="python -m histo_exp.trials", description=__doc__.splitlines()[0])
-    parser.add_argument("source", help="a search run id, or a tuner folder (outputs/<date>/<time>/tuner)")
-    parser.add_argument("--csv", help="write here (default: print)")
-    parser.add_argument("--tracking-uri", default=local_tracking_uri(),
-                        help="MLflow store for run ids (default: ./mlruns/mlflow.db)")
-    args = parser.parse_args(argv)
-    source = Path(args.source)
-    rows = from_tuner_dir(source) if source.is_dir() else from_run(args.source, args.tracking_uri)
+def export(cfg: DictConfig) -> str:
+    """The table of ``cfg.source``, written to ``cfg.csv`` or printed."""
+    source = Path(str(cfg.source))
+    rows = from_tuner_dir(source) if source.is_dir() else from_run(str(cfg.source), str(cfg.tracking_uri))
     text = trials_csv(rows)
-    if args.csv:
-        Path(args.csv).write_text(text)
-        print(f"{len(rows)} trials -> {args.csv}")
+    if cfg.csv:
+        Path(cfg.csv).write_text(text)
+        print(f"{len(rows)} trials -> {cfg.csv}")
     else:
         sys.stdout.write(text)
     return text
+
+
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR / "commands"), config_name="trials")
+def main(cfg: DictConfig) -> None:
+    require(cfg, ("source",), USAGE)
+    export(cfg)
 
 
 if __name__ == "__main__":

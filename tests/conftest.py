@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
@@ -11,27 +10,11 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
-from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig
 
 from histo_exp.config import CONFIG_DIR
 from histo_exp.data.synthetic import SyntheticSpec, generate
-
-REPO = Path(__file__).resolve().parents[1]
-IDC_MINI = REPO.parent / "shared" / "data" / "idc-mini"
-
-TINY = ["debug=fast", "tuner.max_trials=2", "data.synthetic.patients=6",
-        "data.synthetic.patches_per_patient=40"]
-
-
-def runs(workdir: Path) -> tuple[MlflowClient, list, list]:
-    """The MLflow client of ``workdir``'s store, its search runs and its trial runs."""
-    client = MlflowClient(tracking_uri=f"sqlite:///{workdir}/mlruns/mlflow.db")
-    exp = client.get_experiment_by_name("histo_exp")
-    found = client.search_runs([exp.experiment_id])
-    search = [r for r in found if r.data.tags.get("histo_exp.role") == "search"]
-    trials = [r for r in found if r.data.tags.get("histo_exp.role") == "trial"]
-    return client, search, trials
+from helpers import cli_env
 
 
 @pytest.fixture(scope="session")
@@ -65,15 +48,6 @@ def compose_cfg(tmp_path, cache_dir) -> Callable[..., DictConfig]:
 
     yield _compose
     GlobalHydra.instance().clear()
-
-
-def cli_env(cache_dir: Path) -> dict[str, str]:
-    env = {**os.environ, "HISTO_EXP_CACHE": str(cache_dir), "PYTHONUNBUFFERED": "1"}
-    env.pop("PYTEST_CURRENT_TEST", None)
-    env.pop("KERAS_BACKEND", None)  # the default backend unless a test sets one
-    for name in [n for n in env if n.startswith("KERASTUNER_")]:  # no role from the caller's shell
-        env.pop(name)
-    return env
 
 
 @pytest.fixture

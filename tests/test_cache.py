@@ -12,7 +12,7 @@ from histo_exp.data.cache import KEY, ingest
 from histo_exp.data.decode import decode
 from histo_exp.data.index import index
 
-from conftest import cli_env
+from helpers import cli_env
 
 
 def test_cache_is_built_once_then_reused_as_a_memory_map(tiny_root, tmp_path):

@@ -6,10 +6,11 @@ from hydra.errors import ConfigCompositionException
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from histo_exp.model.hypermodel import CNNHyperModel
 from histo_exp.space import sample
 from histo_exp.tracking import MlflowTracker, NullTracker
-from histo_exp.tuning import build_tuner
+from histo_exp.tuning.tuners import tuner_from_config
+
+from helpers import hypermodel as make_hypermodel
 
 
 def test_defaults_are_synthetic_cnn_adam_bayesian_mlflow(compose_cfg, tmp_path):
@@ -48,8 +49,8 @@ def test_adam_fixes_betas_and_epsilon_unless_overridden(compose_cfg):
 ])
 def test_tuner_groups_build_tracked_keras_tuners(compose_cfg, tuner, cls):
     cfg = compose_cfg(f"tuner={tuner}", "debug=fast")
-    hypermodel = CNNHyperModel(cfg.model, cfg.optimizer, (32, 32, 3))
-    built = build_tuner(cfg.tuner, hypermodel, NullTracker())
+    hypermodel = make_hypermodel(cfg.model, cfg.optimizer, (32, 32, 3))
+    built = tuner_from_config(cfg.tuner, hypermodel, NullTracker())
     assert isinstance(built, getattr(kt, cls))
     assert built.oracle.objective.name == "val_auc" and built.oracle.objective.direction == "max"
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import IDC_MINI, REPO, TINY, cli_env, runs
+from helpers import IDC_MINI, REPO, TINY, cli_env, runs
 
 pytestmark = pytest.mark.slow
 
@@ -47,7 +47,7 @@ def test_default_command_logs_a_search_with_its_trials(run_cli, tmp_path):
     assert {"config.yaml", "roc.png", "pr.png", "confusion.png", "trials.png", "training_curves.png",
             "split.csv", "trials.csv", "model", "maps"} <= artifacts
     exported = subprocess.run(
-        [sys.executable, "-m", "histo_exp.trials", run.info.run_id, "--csv", "t.csv"],
+        [sys.executable, "-m", "histo_exp.trials", f"source={run.info.run_id}", "csv=t.csv"],
         cwd=tmp_path, env=cli_env(tmp_path), capture_output=True, text=True, timeout=120)
     assert exported.returncode == 0, exported.stderr[-2000:]
     table = (tmp_path / "t.csv").read_text().splitlines()

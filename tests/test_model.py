@@ -6,10 +6,12 @@ import numpy as np
 import pytest
 
 from histo_exp.model.cnn import block_widths, build_cnn, max_blocks
-from histo_exp.model.hypermodel import CNNHyperModel
+from histo_exp.model.hypermodel import SpaceHyperModel
+
+from helpers import hypermodel as make_hypermodel
 
 
-def sampled(hypermodel: CNNHyperModel, seed: int) -> kt.HyperParameters:
+def sampled(hypermodel: SpaceHyperModel, seed: int) -> kt.HyperParameters:
     """Random values for every hyperparameter the hypermodel declares."""
     space = kt.HyperParameters()
     hypermodel.build(space)
@@ -23,7 +25,7 @@ def sampled(hypermodel: CNNHyperModel, seed: int) -> kt.HyperParameters:
 @pytest.mark.parametrize("color, channels", [("rgb", 3), ("gray", 1)])
 def test_sampled_models_build_and_train_a_step(compose_cfg, size, color, channels):
     cfg = compose_cfg(f"data.image_size={size}", f"data.color={color}")
-    hypermodel = CNNHyperModel(cfg.model, cfg.optimizer, (size, size, channels))
+    hypermodel = make_hypermodel(cfg.model, cfg.optimizer, (size, size, channels))
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, (8, size, size, channels), dtype=np.uint8)
     y = np.eye(2, dtype="float32")[rng.integers(0, 2, 8)]
@@ -42,8 +44,8 @@ def test_sampled_models_build_and_train_a_step(compose_cfg, size, color, channel
 
 def test_block_count_is_bounded_by_image_size(compose_cfg):
     cfg = compose_cfg("model.blocks={min: 1, max: 9}")
-    hypermodel = CNNHyperModel(cfg.model, cfg.optimizer, (8, 8, 3))
-    assert hypermodel.model_cfg["blocks"]["max"] == max_blocks(8) == 3
+    hypermodel = make_hypermodel(cfg.model, cfg.optimizer, (8, 8, 3))
+    assert hypermodel.model_space["blocks"]["max"] == max_blocks(8) == 3
     with pytest.raises(ValueError, match="does not fit 8px images"):
         build_cnn((8, 8, 3), blocks=4, filters=16)
 
@@ -55,8 +57,7 @@ def test_widths_double_per_block_up_to_the_cap():
 def test_the_model_scales_uint8_inside_and_saves_with_its_metric(tmp_path):
     model = build_cnn((16, 16, 3), blocks=2, filters=8, dense_units=(8, 8, 8))
     assert isinstance(model.layers[0], keras.layers.Rescaling)
-    hypermodel_metric = CNNHyperModel({"blocks": 1, "filters": 8, "dense_units": [8, 8, 8]},
-                                      {"_target_": "keras.optimizers.Adam"}, (16, 16, 3))
+    hypermodel_metric = make_hypermodel({"blocks": 1, "filters": 8, "dense_units": [8, 8, 8]}, {}, (16, 16, 3))
     model = hypermodel_metric.build(kt.HyperParameters())
     model.save(tmp_path / "m.keras")
     again = keras.models.load_model(tmp_path / "m.keras")

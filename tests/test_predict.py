@@ -1,6 +1,7 @@
 """The prediction CLI: one file, a folder, a patient tree, bad files, the model's own metadata."""
 
 import csv
+from pathlib import Path
 import shutil
 import subprocess
 import sys
@@ -9,20 +10,33 @@ import keras
 import keras_tuner as kt
 import pytest
 
-from histo_exp.evaluate import read_meta, save_model
-from histo_exp.model.hypermodel import CNNHyperModel
-from histo_exp.predict import main
+from histo_exp.model.saving import read_meta, save_model
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
 
-from conftest import cli_env
+from histo_exp.config import CONFIG_DIR
+from histo_exp.predict import predict_files
+
+from helpers import cli_env, hypermodel
 
 
 @pytest.fixture(scope="module")
 def model_path(tmp_path_factory):
-    hm = CNNHyperModel({"blocks": 1, "filters": 8, "dense_units": [8, 8, 8]},
-                       {"_target_": "keras.optimizers.Adam"}, (32, 32, 1))
+    hm = hypermodel({"blocks": 1, "filters": 8, "dense_units": [8, 8, 8]}, {}, (32, 32, 1))
     path = tmp_path_factory.mktemp("model") / "best_model.keras"
     return save_model(hm.build(kt.HyperParameters()), path,
                       {"image_size": 32, "color": "gray", "threshold": 0.25})
+
+
+def main(overrides):
+    """``python -m histo_exp.predict`` in this process: the same config, composed."""
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(CONFIG_DIR / "commands"), version_base="1.3"):
+            cfg = compose("predict", overrides=[f"paths.work_dir={Path.cwd()}", *overrides])
+    finally:
+        GlobalHydra.instance().clear()
+    return predict_files(cfg)
 
 
 def rows(path):
@@ -62,9 +76,9 @@ def test_one_file_and_bad_files_get_rows_not_crashes(model_path, tiny_root, tmp_
     assert not (tmp_path / "m_maps").exists()
 
 
-def test_missing_arguments_and_unknown_models_say_what_to_pass(tmp_path):
+def test_missing_arguments_and_unknown_models_say_what_to_pass(tmp_path, tiny_root):
     done = subprocess.run([sys.executable, "-m", "histo_exp.predict", "input=x"], cwd=tmp_path,
                           env=cli_env(tmp_path), capture_output=True, text=True, timeout=120)
     assert done.returncode != 0 and "missing model" in done.stderr and "Usage" in done.stderr
-    with pytest.raises(FileNotFoundError, match="neither a .keras file nor a run"):
-        main(["model=0123456789abcdef", f"input={tmp_path}", f"tracking_uri=sqlite:///{tmp_path}/m.db"])
+    with pytest.raises(FileNotFoundError, match="neither a .keras file, nor a run"):
+        main(["model=0123456789abcdef", f"input={tiny_root}", f"tracking_uri=sqlite:///{tmp_path}/m.db"])

@@ -14,10 +14,11 @@ import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
-from conftest import TINY, cli_env, runs
+from helpers import TINY, cli_env, runs
 from histo_exp.config import CONFIG_DIR
-from histo_exp.distributed import (commands, device_env, kerastuner_env, search_lock, record_search_run, recorded_search_run, role, tuner_env,
-                                   wait_for_search_run)
+from histo_exp.launch import commands, device_env
+from histo_exp.tuning.folder import record_search_run, recorded_search_run, search_lock, wait_for_search_run
+from histo_exp.tuning.roles import kerastuner_env, role, tuner_env
 
 
 def test_distributed_config_becomes_kerastuners_environment(compose_cfg, monkeypatch):
@@ -58,7 +59,7 @@ def test_workers_wait_for_a_running_search_run_and_say_what_to_fix(tmp_path):
 def test_one_process_at_a_time_leads_a_search(tmp_path):
     folder = tmp_path / "tuner"
     with search_lock(folder):
-        code = ("import sys; from pathlib import Path; from histo_exp.distributed import search_lock\n"
+        code = ("import sys; from pathlib import Path; from histo_exp.tuning.folder import search_lock\n"
                 "with search_lock(Path(sys.argv[1])): pass")
         other = subprocess.run([sys.executable, "-c", code, str(folder)], capture_output=True, text=True)
         assert other.returncode != 0 and "another process is running the search" in other.stderr
@@ -147,7 +148,7 @@ def test_interrupted_search_resumes_without_repeating_trials(tmp_path, cache_dir
 @pytest.mark.slow
 def test_chief_and_two_workers_log_each_trial_once_under_one_search(tmp_path, cache_dir):
     done = subprocess.run(
-        [sys.executable, "-m", "histo_exp.distributed", "--workers", "2", "--dir", str(tmp_path / "dist"),
+        [sys.executable, "-m", "histo_exp.launch", "--workers", "2", "--dir", str(tmp_path / "dist"),
          *TINY, "tuner.max_trials=4"],
         cwd=tmp_path, env=cli_env(cache_dir), capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-4000:]
@@ -179,7 +180,7 @@ def test_parallel_jobs_make_one_synthetic_dataset(tmp_path):
 @pytest.mark.slow
 def test_an_interrupted_distributed_search_stops_cleanly_and_resumes(tmp_path, cache_dir):
     """Ctrl-C to the launcher reaches the chief and both workers; the same --dir then finishes."""
-    cmd = [sys.executable, "-m", "histo_exp.distributed", "--workers", "2", "--dir", str(tmp_path / "dist"),
+    cmd = [sys.executable, "-m", "histo_exp.launch", "--workers", "2", "--dir", str(tmp_path / "dist"),
            *TINY, "tuner.max_trials=4", "trainer.epochs=30", "trainer.early_stopping_patience=null"]
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=cli_env(cache_dir), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)

@@ -4,7 +4,6 @@ and so does its web UI in a real browser (Debian's chromium, driven by Playwrigh
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -13,16 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import cli_env
+from helpers import cli_env, free_port
 
 pytestmark = pytest.mark.slow
 MLFLOW = Path(sys.executable).with_name("mlflow")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def api(base: str, path: str, body: dict | None = None) -> dict:

@@ -5,10 +5,10 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from histo_exp import runner
-from histo_exp.model.hypermodel import CNNHyperModel
+from histo_exp.model.hypermodel import SpaceHyperModel
 
 
-class FirstFitFails(CNNHyperModel):
+class FirstFitFails(SpaceHyperModel):
     """Fails the first trial the way an out-of-memory or NaN blow-up would."""
 
     calls = 0
@@ -21,7 +21,7 @@ class FirstFitFails(CNNHyperModel):
 
 
 def test_failed_trial_is_recorded_and_the_search_goes_on(compose_cfg, tmp_path, monkeypatch):
-    monkeypatch.setattr(runner, "CNNHyperModel", FirstFitFails)
+    monkeypatch.setattr(runner, "SpaceHyperModel", FirstFitFails)
     cfg = compose_cfg("debug=fast", "tuner.max_trials=3", "trainer.verbose=0",
                       "data.synthetic.patients=6", "data.synthetic.patches_per_patient=40")
     metrics = runner.run(cfg)
@@ -50,11 +50,11 @@ def test_failed_trial_is_recorded_and_the_search_goes_on(compose_cfg, tmp_path, 
 
 
 def test_all_trials_failing_is_an_error_that_says_so(compose_cfg, monkeypatch):
-    class AlwaysFails(CNNHyperModel):
+    class AlwaysFails(SpaceHyperModel):
         def fit(self, *args, **kwargs):
             raise RuntimeError("simulated failure")
 
-    monkeypatch.setattr(runner, "CNNHyperModel", AlwaysFails)
+    monkeypatch.setattr(runner, "SpaceHyperModel", AlwaysFails)
     cfg = compose_cfg("debug=fast", "tuner.max_trials=2", "trainer.verbose=0", "logger=none",
                       "tuner.max_consecutive_failed_trials=5",
                       "data.synthetic.patients=6", "data.synthetic.patches_per_patient=40")
@@ -93,16 +93,24 @@ def test_skipped_files_are_reported_on_the_search_run(compose_cfg, tiny_root, tm
     assert f"90002/1/{broken.name}\tunreadable" in open(report).read()
 
 
-def test_best_model_can_be_registered(compose_cfg):
+def test_registered_champion_is_the_best_validation_model_and_predicts(compose_cfg, tiny_root, tmp_path):
     cfg = compose_cfg("debug=fast", "tuner.max_trials=1", "trainer.verbose=0", "eval.bootstrap=20",
                       "data.synthetic.patients=6", "data.synthetic.patches_per_patient=40",
                       "logger.register_model=true", "logger.registered_model_name=idc-test")
     runner.run(cfg)
     runner.run(cfg)
     client = MlflowClient(tracking_uri=cfg.logger.tracking_uri)
-    versions = client.search_model_versions("name = 'idc-test'")
-    assert sorted(int(v.version) for v in versions) == [1, 2]
-    assert all(v.source.endswith("/model") and v.run_id for v in versions)
+    versions = {str(v.version): v for v in client.search_model_versions("name = 'idc-test'")}
+    assert sorted(versions) == ["1", "2"] and all(v.run_id for v in versions.values())
+    aucs = {k: float(v.tags["histo_exp.val_auc"]) for k, v in versions.items()}
+    best = "2" if aucs["2"] > aucs["1"] else "1"  # a tie keeps the earlier champion
+    assert str(client.get_model_version_by_alias("idc-test", "champion").version) == best
+
+    from test_predict import main as predict
+
+    table = predict(["model=models:/idc-test@champion", f"input={tiny_root}", f"output={tmp_path}/p.csv",
+                     f"tracking_uri={cfg.logger.tracking_uri}"]).read_text().splitlines()
+    assert len(table) == 1 + 240 and table[1].split(",")[-1] == ""  # every patch predicted
 
 
 def test_mixed_bfloat16_trains_end_to_end(compose_cfg):

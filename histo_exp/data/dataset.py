@@ -39,6 +39,20 @@ class PatchData:
         return tuple(self.images.shape[1:])
 
     @property
+    def fingerprint(self) -> str:
+        """The cache key's digest (the end of the cache folder's name): same files, same decoding."""
+        return self.cache.name.rsplit("-", 1)[-1]
+
+    def profile(self) -> dict[str, int]:
+        """Patches and patients of each split part (what a tracker records about the data)."""
+        out = {}
+        for part in ("train", "val", "test"):
+            idx = getattr(self.split, part)
+            out[f"{part}_patches"] = int(idx.size)
+            out[f"{part}_patients"] = int(np.unique(self.patients[idx]).size)
+        return out
+
+    @property
     def kept(self) -> np.ndarray:
         """Rows that decoded (every split index is one of them)."""
         return np.sort(np.concatenate([self.split.train, self.split.val, self.split.test]))

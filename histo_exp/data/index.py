@@ -127,3 +127,27 @@ def index(root: str | os.PathLike, progress: bool = False) -> Manifest:
         stamps=stamps,
         ignored=ignored,
     )
+
+
+def index_files(source: str | os.PathLike) -> Manifest:
+    """Any image, or the images under a folder (sorted): patient, x, y and label where the file
+    name carries them in the IDC layout, else "" and -1. For prediction, where labels are optional."""
+    source = Path(source).expanduser()
+    if source.is_file():
+        root, files = source.parent, [source.name]
+    elif source.is_dir():
+        root = source
+        files = sorted(str(p.relative_to(source)) for p in source.rglob("*")
+                       if p.is_file() and p.name.lower().endswith(IMAGE_SUFFIXES))
+    else:
+        raise DatasetError(f"input {str(source)!r} is neither a file nor a folder")
+    if not files:
+        raise DatasetError(f"no .png/.jpg images under {str(source)!r}")
+    parsed = [NAME.match(Path(f).name) for f in files]
+    return Manifest(
+        root=root, paths=files,
+        patients=np.array([m[2] if m else "" for m in parsed]),
+        x=np.array([int(m[3]) if m else -1 for m in parsed], dtype=np.int32),
+        y=np.array([int(m[4]) if m else -1 for m in parsed], dtype=np.int32),
+        labels=np.array([int(m[5]) if m else -1 for m in parsed], dtype=np.int8),
+    )

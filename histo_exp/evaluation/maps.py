@@ -58,3 +58,28 @@ def plot_patient_map(
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def patient_maps(patients: np.ndarray, x: np.ndarray, y: np.ndarray, labels: np.ndarray | None,
+                 prob: np.ndarray, threshold: float, folder: Path, images: np.ndarray | None = None,
+                 rows: np.ndarray | None = None, limit: int | None = None) -> list[Path]:
+    """One map per patient, the ones with most patches first, up to ``limit``.
+
+    ``patients``, ``x``, ``y``, ``labels`` and ``prob`` are per scored patch; ``images[rows]`` are
+    their pixels (a memory map is read only for the patients drawn). Patients named "" (files
+    outside the IDC layout) and labels below 0 (unknown) are not drawn.
+    """
+    names, counts = np.unique(patients[patients != ""], return_counts=True)
+    chosen = names[np.argsort(-counts, kind="stable")][:limit]
+    rows = np.arange(len(patients)) if rows is None else np.asarray(rows)
+    paths = []
+    for patient in sorted(chosen):
+        mine = np.flatnonzero(patients == patient)
+        known = labels is not None and bool((labels[mine] >= 0).all())
+        folder.mkdir(parents=True, exist_ok=True)
+        paths.append(plot_patient_map(
+            str(patient), x[mine], y[mine], labels[mine] if known else None, prob[mine],
+            folder / f"{patient}.png", images=None if images is None else images[rows[mine]],
+            threshold=threshold,
+        ))
+    return paths

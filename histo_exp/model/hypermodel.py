@@ -1,16 +1,21 @@
-"""KerasTuner HyperModel: the model and optimizer config groups become one search space."""
+"""KerasTuner HyperModel: a model builder and an optimizer, each with a search space, become one trial.
+
+Both come as ``functools.partial`` objects whose keywords may hold search-space specs (the
+runner makes them from the ``model`` and ``optimizer`` groups with Hydra's ``_partial_``), so a
+new architecture is one YAML file and one function taking ``input_shape`` and its keywords.
+"""
 
 from __future__ import annotations
 
+import functools
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import keras
 import keras_tuner as kt
-from hydra.utils import instantiate
 
-from histo_exp.model.cnn import IdcAUC, build_cnn, max_blocks
+from histo_exp.model.cnn import IdcAUC, max_blocks
 from histo_exp.space import sample, to_plain
 
 log = logging.getLogger(__name__)
@@ -38,13 +43,13 @@ def bound_blocks(model_cfg: Mapping, image_size: int) -> dict:
     return model
 
 
-class CNNHyperModel(kt.HyperModel):
-    """Builds and compiles the CNN for one trial's hyperparameters and fits it."""
+class SpaceHyperModel(kt.HyperModel):
+    """Builds and compiles one trial's model from the sampled builder and optimizer, and fits it."""
 
     def __init__(
         self,
-        model_cfg: Mapping,
-        optimizer_cfg: Mapping,
+        model: functools.partial,
+        optimizer: functools.partial,
         input_shape: Sequence[int],
         epochs: int = 3,
         early_stopping_patience: int | None = None,
@@ -52,9 +57,11 @@ class CNNHyperModel(kt.HyperModel):
         class_weight: Mapping[int, float] | None = None,
         precision: str = "float32",
     ) -> None:
-        super().__init__(name=str(to_plain(model_cfg).get("name", "cnn")))
-        self.model_cfg = bound_blocks(model_cfg, min(input_shape[:2]))
-        self.optimizer_cfg = dict(to_plain(optimizer_cfg))
+        super().__init__(name=str(model.keywords.get("name", model.func.__name__)))
+        self.build_model: Callable[..., keras.Model] = model.func
+        self.model_space = bound_blocks(model.keywords, min(input_shape[:2]))
+        self.make_optimizer: Callable[..., keras.optimizers.Optimizer] = optimizer.func
+        self.optimizer_space = dict(to_plain(optimizer.keywords))
         self.input_shape = tuple(input_shape)
         self.epochs = epochs
         self.early_stopping_patience = early_stopping_patience
@@ -63,11 +70,9 @@ class CNNHyperModel(kt.HyperModel):
         self.precision = precision
 
     def build(self, hp: kt.HyperParameters) -> keras.Model:
-        params = sample(hp, self.model_cfg)
-        model = build_cnn(self.input_shape, **params, dtype=self.precision)
-        optimizer = instantiate(sample(hp, self.optimizer_cfg))
+        model = self.build_model(self.input_shape, **sample(hp, self.model_space), dtype=self.precision)
         model.compile(
-            optimizer=optimizer,
+            optimizer=self.make_optimizer(**sample(hp, self.optimizer_space)),
             loss=keras.losses.BinaryCrossentropy(),
             metrics=[IdcAUC(name="auc")],
         )

@@ -1,23 +1,13 @@
-"""One search shared by several processes, and one search carried across restarts.
+"""``python -m histo_exp.launch --workers 2 [overrides]``: a KerasTuner chief and N workers on
+this machine, sharing one tuner folder (``make search-distributed WORKERS=2``).
 
-KerasTuner runs a distributed search as a *chief* (the oracle, over gRPC) and *workers* (which
-train trials), told apart by its environment protocol: ``KERASTUNER_TUNER_ID``,
-``KERASTUNER_ORACLE_IP`` and ``KERASTUNER_ORACLE_PORT``. ``tuner.distributed`` sets those.
-
-The MLflow search run's id is kept in the tuner folder (``histo_exp_run.json``), so workers log
-their trials under the chief's search run, and a search resumed from its folder goes on in the
-run it started in.
-
-``python -m histo_exp.distributed --workers 2 [overrides]`` starts a chief and N workers on
-loopback sharing one tuner folder (``make search-distributed WORKERS=2``).
+Each process is a plain ``python -m histo_exp`` with ``tuner.distributed.*`` set; this module only
+starts them, relays their output and stops them together.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import fcntl
-import json
 import os
 import signal
 import socket
@@ -26,116 +16,10 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
-
-ROLES = ("chief", "worker")
-UNSET = (None, "none", "")  # tuner.distributed.role for a process that searches alone
-RUN_FILE = "histo_exp_run.json"
-
-
-def role(cfg: Mapping[str, Any] | None) -> str | None:
-    """``chief``, ``worker`` or None (one process); from the config, else from KerasTuner's env."""
-    chosen = (cfg or {}).get("role")
-    if chosen in UNSET:
-        tuner_id = os.environ.get("KERASTUNER_TUNER_ID")
-        if tuner_id and "KERASTUNER_ORACLE_IP" in os.environ:
-            return "chief" if "chief" in tuner_id else "worker"
-        return None
-    if chosen not in ROLES:
-        raise ValueError(f"tuner.distributed.role must be chief, worker or null; got {chosen!r}")
-    return str(chosen)
-
-
-def tuner_env(cfg: Mapping[str, Any]) -> dict[str, str]:
-    """KerasTuner's environment for this process's role (empty when the config names none).
-
-    Workers without a ``worker_id`` get one from host and pid; a fixed id lets a restarted worker
-    take back the trial it was running.
-    """
-    if cfg.get("role") in UNSET:
-        return {}
-    if role(cfg) == "chief":
-        tuner_id = "chief"
-    else:
-        worker_id = cfg.get("worker_id")
-        tuner_id = f"worker{worker_id}" if worker_id is not None else f"worker-{socket.gethostname()}-{os.getpid()}"
-    return {"KERASTUNER_TUNER_ID": tuner_id, "KERASTUNER_ORACLE_IP": str(cfg["host"]),
-            "KERASTUNER_ORACLE_PORT": str(cfg["port"])}
-
-
-@contextlib.contextmanager
-def kerastuner_env(cfg: Mapping[str, Any] | None) -> Iterator[dict[str, str]]:
-    """KerasTuner's variables set for the block and restored after it (a multirun of several
-    jobs in one process must not inherit the last job's role)."""
-    env = tuner_env(cfg or {})
-    saved = {name: os.environ.get(name) for name in env}
-    os.environ.update(env)
-    try:
-        yield env
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-
-
-@contextlib.contextmanager
-def search_lock(folder: Path) -> Iterator[None]:
-    """Hold the tuner folder for this process: two chiefs (or a chief and a lone run) on one
-    folder would each serve an oracle and write the same trials."""
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    # Beside the folder, not in it: tuner.overwrite=true deletes the folder while this is held.
-    with open(folder.with_name(f".{folder.name}.lock"), "w") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise RuntimeError(
-                f"another process is running the search in {folder}; wait for it to end or stop it "
-                "(workers join a search with tuner.distributed.role=worker)") from None
-        yield
-
-
-def record_search_run(folder: Path, run_id: str, tracking_uri: str, session: str | None = None) -> None:
-    """Write the search run's id into the tuner folder (atomically: workers poll for it)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    partial = folder / f".{RUN_FILE}.{os.getpid()}"
-    partial.write_text(json.dumps({"run_id": run_id, "tracking_uri": tracking_uri, "session": session}))
-    partial.replace(folder / RUN_FILE)
-
-
-def recorded_search_run(folder: Path, tracking_uri: str, session: str | None = None) -> str | None:
-    """The search run recorded in ``folder`` for this tracking store (and launch session), if any."""
-    try:
-        record = json.loads((folder / RUN_FILE).read_text())
-    except (OSError, ValueError):
-        return None
-    if record.get("tracking_uri") != tracking_uri or (session and record.get("session") != session):
-        return None
-    return record.get("run_id")
-
-
-def wait_for_search_run(folder: Path, tracking_uri: str, is_running: Callable[[str], bool],
-                        timeout_s: float, session: str | None = None, poll_s: float = 0.5) -> str:
-    """Block until the chief has recorded a running search run in ``folder``; return its id.
-
-    With a ``session`` (the launcher gives every process one), a record left by an earlier
-    chief is not taken for this one's.
-    """
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        run_id = recorded_search_run(folder, tracking_uri, session)
-        if run_id and is_running(run_id):
-            return run_id
-        time.sleep(poll_s)
-    raise TimeoutError(
-        f"no running search from a chief in {folder} after {timeout_s:.0f} s: start the chief "
-        "(tuner.distributed.role=chief) with the same tuner.directory and logger.tracking_uri, "
-        "or raise tuner.distributed.timeout_s"
-    )
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -250,7 +134,7 @@ def _interrupt(signum: int, frame: Any) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m histo_exp.distributed",
+        prog="python -m histo_exp.launch",
         description="A KerasTuner chief and N workers on this machine, sharing one search.")
     parser.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
     parser.add_argument("--dir", type=Path, help="shared tuner folder; an existing one is resumed "

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import logging
-import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,7 +12,7 @@ import numpy as np
 
 from histo_exp.data.batches import PatchBatches, split_batches
 from histo_exp.data.dataset import PatchData
-from histo_exp.evaluation.maps import plot_patient_map
+from histo_exp.evaluation.maps import patient_maps
 from histo_exp.evaluation.metrics import (
     Scores,
     binary_metrics,
@@ -25,7 +23,6 @@ from histo_exp.evaluation.metrics import (
 from histo_exp.evaluation.plots import plot_confusion, plot_pr, plot_roc
 
 log = logging.getLogger(__name__)
-META = "histo_exp.json"  # stored inside the .keras zip: what prediction needs besides weights
 
 
 @dataclass
@@ -64,36 +61,7 @@ def evaluate(model: keras.Model, data: PatchData, cfg: Mapping, batch_size: int,
     plots = [plot_roc(test, threshold, out / "roc.png"), plot_pr(test, threshold, out / "pr.png"),
              plot_confusion(test, threshold, out / "confusion.png")]
     table = metrics_table(val_m, test_m, ci, threshold, method, np.unique(test.patients).size)
-    return Evaluation(threshold, metrics, table, plots,
-                      patient_maps(data, test, threshold, out / "maps", int(cfg.get("max_maps", 20))))
-
-
-def patient_maps(data: PatchData, test: Scores, threshold: float, folder: Path, limit: int) -> list[Path]:
-    """One slide map per test patient (the ones with most patches first, up to ``limit``)."""
-    folder.mkdir(parents=True, exist_ok=True)
     rows = data.split.test
-    patients, counts = np.unique(test.patients, return_counts=True)
-    chosen = patients[np.argsort(-counts, kind="stable")][:limit]
-    paths = []
-    for patient in sorted(chosen):
-        mine = test.patients == patient
-        idx = rows[mine]
-        paths.append(plot_patient_map(
-            str(patient), data.x[idx], data.y[idx], test.y_true[mine], test.y_prob[mine],
-            folder / f"{patient}.png", images=data.images[idx], threshold=threshold,
-        ))
-    return paths
-
-
-def save_model(model: keras.Model, path: Path, meta: Mapping) -> Path:
-    """Save the model and put ``meta`` (image size, colour, threshold) inside the .keras file."""
-    model.save(path)
-    with zipfile.ZipFile(path, "a") as z:
-        z.writestr(META, json.dumps(dict(meta), indent=1))
-    return path
-
-
-def read_meta(path: str | Path) -> dict:
-    """The metadata ``save_model`` stored, or {} for a .keras file from elsewhere."""
-    with zipfile.ZipFile(path) as z:
-        return json.loads(z.read(META)) if META in z.namelist() else {}
+    maps = patient_maps(test.patients, data.x[rows], data.y[rows], test.y_true, test.y_prob, threshold,
+                        out / "maps", images=data.images, rows=rows, limit=int(cfg.get("max_maps", 20)))
+    return Evaluation(threshold, metrics, table, plots, maps)

@@ -12,10 +12,11 @@ from typing import Any
 import keras_tuner as kt
 from hydra.utils import instantiate
 
-from histo_exp.distributed import role
 from histo_exp.evaluation.plots import plot_history
 from histo_exp.space import to_plain
-from histo_exp.tracking import NullTracker
+from histo_exp.tracking import NullTracker, Tracker
+from histo_exp.tuning.folder import tuner_folder
+from histo_exp.tuning.roles import role
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +35,7 @@ class TrackedTuner:
     FAILED or INVALID) are recorded and the search goes on.
     """
 
-    def __init__(self, *args: Any, tracker: NullTracker | None = None, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, tracker: Tracker | None = None, **kwargs: Any) -> None:
         self.tracker = tracker or NullTracker()
         self.history: dict[str, list[float]] = {}  # the running trial's metrics, per epoch
         super().__init__(*args, **kwargs)
@@ -96,15 +97,10 @@ class Hyperband(TrackedTuner, kt.Hyperband):
     """KerasTuner's Hyperband with tracking."""
 
 
-def tuner_folder(cfg: Mapping) -> Path:
-    """KerasTuner's project folder: ``<tuner.directory>/<tuner.project_name>``."""
-    return Path(cfg["directory"]) / cfg["project_name"]
-
-
-def build_tuner(cfg: Mapping, hypermodel: kt.HyperModel, tracker: NullTracker) -> kt.Tuner:
+def tuner_from_config(cfg: Mapping, hypermodel: kt.HyperModel, tracker: Tracker) -> kt.Tuner:
     """Instantiate the configured tuner; an existing tuner folder is resumed unless told otherwise.
 
-    Run inside ``distributed.kerastuner_env``: KerasTuner reads its role from the environment.
+    Run inside ``roles.kerastuner_env``: KerasTuner reads its role from the environment.
     A worker never clears the shared folder: only the chief (or a lone process) starts over.
     """
     cfg = dict(to_plain(cfg))

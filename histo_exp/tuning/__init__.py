@@ -1,0 +1,1 @@
+"""The KerasTuner search: tracked tuners, KerasTuner's distributed roles, and the tuner folder."""

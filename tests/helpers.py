@@ -1,0 +1,70 @@
+"""Helpers shared by the tests: the CLI's environment, the store a run logs to, small hypermodels."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Mapping
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from mlflow.tracking import MlflowClient
+
+from histo_exp.config import CONFIG_DIR
+from histo_exp.model.hypermodel import SpaceHyperModel
+
+REPO = Path(__file__).resolve().parents[1]
+IDC_MINI = REPO.parent / "shared" / "data" / "idc-mini"
+
+TINY = ["debug=fast", "tuner.max_trials=2", "data.synthetic.patients=6",
+        "data.synthetic.patches_per_patient=40"]
+
+
+def tracking_uri(workdir: Path) -> str:
+    """The store a run started in ``workdir`` logs to by default (``logger.tracking_uri``)."""
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+            return str(compose("config", overrides=[f"paths.work_dir={workdir}"]).logger.tracking_uri)
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def runs(workdir: Path) -> tuple[MlflowClient, list, list]:
+    """The MLflow client of ``workdir``'s store, its search runs and its trial runs."""
+    client = MlflowClient(tracking_uri=tracking_uri(workdir))
+    exp = client.get_experiment_by_name("histo_exp")
+    found = client.search_runs([exp.experiment_id])
+    search = [r for r in found if r.data.tags.get("histo_exp.role") == "search"]
+    trials = [r for r in found if r.data.tags.get("histo_exp.role") == "trial"]
+    return client, search, trials
+
+
+def cli_env(cache_dir: Path) -> dict[str, str]:
+    """The caller's environment for a CLI subprocess, less what would change the run."""
+    env = {**os.environ, "HISTO_EXP_CACHE": str(cache_dir), "PYTHONUNBUFFERED": "1"}
+    env.pop("PYTEST_CURRENT_TEST", None)
+    env.pop("KERAS_BACKEND", None)  # the default backend unless a test sets one
+    for name in [n for n in env if n.startswith("KERASTUNER_")]:  # no role from the caller's shell
+        env.pop(name)
+    return env
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def hypermodel(model: Mapping, optimizer: Mapping, input_shape: tuple[int, int, int],
+               cls: type[SpaceHyperModel] = SpaceHyperModel, **kwargs) -> SpaceHyperModel:
+    """A hypermodel from model and optimizer groups (composed or written inline), as the runner makes it."""
+    from hydra.utils import instantiate
+
+    model = {"_target_": "histo_exp.model.cnn.build_cnn", **model}
+    optimizer = {"_target_": "keras.optimizers.Adam", **optimizer}
+    return cls(instantiate(model, _partial_=True, _convert_="all"),
+               instantiate(optimizer, _partial_=True, _convert_="all"), input_shape, **kwargs)
+
