@@ -25,8 +25,11 @@ install: $(STAMP) ## create .venv and install the package with its test tools
 run: $(STAMP) ## run the default experiment (synthetic data, Bayesian search, MLflow)
 	$(BIN)/python -m histo_exp $(ARGS)
 
-test: $(STAMP) browser ## run the test suite
+test: $(STAMP) browser ## run the whole test suite (what CI runs) [PYTEST_ARGS=...]
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-fast: $(STAMP) ## the tests that run no whole search (-m "not slow"), for the inner loop [PYTEST_ARGS=...]
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
 browser: ## install Debian's chromium for the MLflow UI browser test (if missing)
 	scripts/install-browser.sh
@@ -57,4 +60,4 @@ ui: $(STAMP) ## open the MLflow UI on the store that runs from this folder log t
 clean: ## remove run outputs and the local MLflow store (keeps .venv and the data cache)
 	rm -rf outputs multirun mlruns
 
-.PHONY: help install run test browser screenshot lint prepare bench search-distributed server ui clean
+.PHONY: help install run test test-fast browser screenshot lint prepare bench search-distributed server ui clean

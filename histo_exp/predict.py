@@ -56,11 +56,11 @@ def predict_files(cfg: DictConfig) -> Path:
     from histo_exp.model.saving import load_model
 
     manifest = index_files(cfg.input)
-    out = Path(cfg.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as scratch:
         path = resolve_model(str(cfg.model), str(cfg.tracking_uri), Path(scratch))
         model, meta = load_model(path)
+    out = Path(cfg.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
     size, channels = model.input_shape[1], model.input_shape[-1]
     color = meta.get("color", "gray" if channels == 1 else "rgb")
     threshold = float(meta.get("threshold", 0.5))

@@ -51,8 +51,8 @@ def run(cfg: DictConfig) -> dict[str, float]:
             tracker: Tracker = instantiate(cfg.logger)
             tuner = build_tuner(cfg, data, tracker)
             open_search_run(cfg, tracker, Path(tuner.project_dir))
-            tracker.log_dataset(str(cfg.data.name), data.fingerprint, str(data.root), data.profile())
             with ending_runs(tracker):
+                tracker.log_dataset(str(cfg.data.name), data.fingerprint, str(data.root), data.profile())
                 search(cfg, data, tuner)
                 model, trial = best_model(tuner)
                 result = evaluate(model, data, cfg.eval, int(cfg.trainer.batch_size), out, int(cfg.seed))

@@ -11,12 +11,14 @@ import contextlib
 import importlib.metadata
 import json
 import logging
+import os
 import tempfile
 import time
 import warnings
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import numpy as np
 from mlflow.entities import Dataset, DatasetInput, InputTag, LoggedModelOutput, Metric, Param
@@ -53,6 +55,15 @@ def flatten(tree: Mapping, prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def reader(tracking_uri: str) -> MlflowClient:
+    """A client for reading an existing store: a SQLite file that is not there is an error, not
+    a new empty store (a command that fails writes nothing)."""
+    if tracking_uri.startswith("sqlite:///") and not Path(tracking_uri.removeprefix("sqlite:///")).is_file():
+        raise FileNotFoundError(f"no MLflow store at {tracking_uri}: run from the folder the search ran in, "
+                                "or pass tracking_uri=... for another store")
+    return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+
+
 def download_model(ref: str, tracking_uri: str, folder: Path) -> Path:
     """The .keras file behind ``ref``, fetched into ``folder``.
 
@@ -60,9 +71,9 @@ def download_model(ref: str, tracking_uri: str, folder: Path) -> Path:
     pyfunc model ``MlflowTracker.log_model`` logged: ``models:/<name>@<alias>``,
     ``models:/<name>/<version>``, ``models:/<model id>`` or ``runs:/<search run id>/idc_probability``.
     """
+    client = reader(tracking_uri)
     if ref.startswith(("models:/", "runs:/")):
         return _download_pyfunc_keras(ref, tracking_uri, folder)
-    client = MlflowClient(tracking_uri=tracking_uri)
     try:
         client.get_run(ref)
     except Exception as err:
@@ -99,29 +110,45 @@ def _download_pyfunc_keras(uri: str, tracking_uri: str, folder: Path) -> Path:
 
 
 def _model_location(uri: str, tracking_uri: str) -> str:
-    """Where a ``models:/`` URI's files are, looked up in ``tracking_uri``'s registry.
+    """Where a ``models:/`` or ``runs:/`` URI's model files are, looked up in ``tracking_uri``.
 
-    MLflow resolves ``models:/<name>...`` through the global registry URI even when given
-    another one, so the lookup is done here with a client of this store.
+    MLflow resolves these URIs through the global tracking and registry URIs even when given
+    others (and then opens ./mlflow.db), so the lookup is done here with a client of this store.
     """
-    if not uri.startswith("models:/"):
-        return uri  # runs:/ URIs honour the tracking_uri they are downloaded with
     from mlflow.store.artifact.utils.models import get_model_name_and_version
 
-    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    client = reader(tracking_uri)
+    if uri.startswith("runs:/"):
+        run_id, _, name = uri.removeprefix("runs:/").partition("/")
+        return _logged_model_of_run(client, run_id, name.strip("/")).artifact_location
     found = get_model_name_and_version(client, uri)
     if len(found) == 1:
         return client.get_logged_model(found[0]).artifact_location
     return client.get_model_version_download_uri(*found)
 
 
+def _logged_model_of_run(client: MlflowClient, run_id: str, name: str) -> Any:
+    """The newest model named ``name`` that run ``run_id`` logged."""
+    experiment = client.get_run(run_id).info.experiment_id
+    mine, token = [], None
+    while True:
+        page = client.search_logged_models([experiment], filter_string=f"name = '{name}'", page_token=token)
+        mine += [m for m in page if m.source_run_id == run_id]
+        token = page.token
+        if not token:
+            break
+    if not mine:
+        raise MlflowException(f"run {run_id} logged no model named {name!r}")
+    return max(mine, key=lambda m: m.creation_timestamp)
+
+
 def trial_runs(run_id: str, tracking_uri: str) -> list[dict[str, Any]]:
     """The trial runs nested under a search run: trial id, status, params, final metrics."""
-    client = MlflowClient(tracking_uri=tracking_uri)
+    client = reader(tracking_uri)
     try:
         search = client.get_run(run_id)
     except Exception as err:
-        raise FileNotFoundError(f"no run {run_id!r} in {tracking_uri} (pass --tracking-uri)") from err
+        raise FileNotFoundError(f"no run {run_id!r} in {tracking_uri} (pass tracking_uri=... for another store)") from err
     runs = client.search_runs([search.info.experiment_id],
                               f"tags.`mlflow.parentRunId` = '{run_id}'", max_results=10000)
     return [{"trial": r.data.tags.get(TRIAL_ID, r.info.run_name),
@@ -376,12 +403,13 @@ class MlflowTracker(Tracker):
         model = self.client.create_logged_model(self.experiment_id, name=MODEL_NAME,
                                                 source_run_id=self.search_run_id)
         try:
-            with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+            with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings(), _quiet_model_logging():
                 # An input example would be run through the model here; the signature says enough.
                 warnings.filterwarnings("ignore", message=".*An input example was not provided")
                 local = Path(tmp) / "model"
                 mlflow.pyfunc.save_model(
-                    str(local), python_model=IdcProbability(keras.backend.backend()), artifacts={KERAS_ARTIFACT: str(keras_path)},
+                    str(local), python_model=IdcProbability(keras.backend.backend()),
+                    artifacts={KERAS_ARTIFACT: str(keras_path)},
                     # histo_exp/conf links to ../conf: the copy follows the link, so it holds the configs.
                     code_paths=[str(Path(histo_exp.__file__).parent)],
                     signature=signature, pip_requirements=_requirements(),
@@ -409,7 +437,8 @@ class MlflowTracker(Tracker):
         if not self.register_model:
             return None
         if self.model_id is None:
-            log.warning("logger.register_model is set but no model was logged (log_model): nothing to register")
+            log.warning("logger.register_model is set, but no model was logged (log_model): "
+                        "nothing to register")
             return None
         name = self.registered_model_name
         if not self.client.search_registered_models(f"name = '{name}'"):
@@ -441,18 +470,20 @@ class MlflowTracker(Tracker):
         if champ is None:
             target, why = version, "no version held it"
         elif champ.tags.get(FINGERPRINT) == fingerprint:
-            old = float(champ.tags.get(VAL_AUC, "nan"))
+            old = float(champ.tags.get(VAL_AUC, "-inf"))
             if not val_auc > old:
                 log.info("alias %s stays on %s version %s: its val_auc %.4f is not below the new "
                          "version %s's %.4f on the same data", CHAMPION, name, champ.version, old,
                          version, val_auc)
                 return
-            target, why = version, f"val_auc {val_auc:.4f} beats version {champ.version}'s {old:.4f} on the same data"
+            target = version
+            why = f"val_auc {val_auc:.4f} beats version {champ.version}'s {old:.4f} on the same data"
         else:
             target, best = self._best_on(fingerprint, version, val_auc)
             why = (f"version {champ.version} was trained on other data "
                    f"({champ.tags.get(FINGERPRINT, 'unknown')}); AUCs on different data do not compare, so "
-                   f"the alias goes to the best version on the newest data {fingerprint} (val_auc {best:.4f})")
+                   f"the alias goes to the best version on the newest data {fingerprint} "
+                   f"(val_auc {best:.4f})")
         self.client.set_registered_model_alias(name, CHAMPION, target)
         log.info("alias %s -> %s version %s: %s", CHAMPION, name, target, why)
 
@@ -524,6 +555,20 @@ class MlflowTracker(Tracker):
 def _param_values(params: Mapping[str, Any]) -> dict[str, str]:
     """Param values as MLflow stores them: strings cut at its length limit."""
     return {k: str(v)[:MAX_PARAM_VAL_LENGTH] for k, v in params.items()}
+
+
+@contextlib.contextmanager
+def _quiet_model_logging() -> Iterator[None]:
+    """No progress bar for copying one local file, and no cloudpickle caution about our own class
+    (its advice, models-from-code, would not carry the Keras file as an artifact)."""
+    pyfunc_log = logging.getLogger("mlflow.pyfunc")
+    level = pyfunc_log.level
+    pyfunc_log.setLevel(logging.ERROR)
+    try:
+        with mock.patch.dict(os.environ, {"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}):
+            yield
+    finally:
+        pyfunc_log.setLevel(level)
 
 
 def _requirements() -> list[str]:

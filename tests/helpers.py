@@ -1,4 +1,5 @@
-"""Helpers shared by the tests: the CLI's environment, the store a run logs to, small hypermodels."""
+"""Helpers shared by the tests: the CLI's environment, the store a run logs to, small hypermodels,
+prediction in this process, and the test AUC recomputed from what a run saved."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import socket
 from collections.abc import Mapping
 from pathlib import Path
 
+import numpy as np
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from mlflow.tracking import MlflowClient
@@ -68,3 +70,44 @@ def hypermodel(model: Mapping, optimizer: Mapping, input_shape: tuple[int, int, 
     return cls(instantiate(model, _partial_=True, _convert_="all"),
                instantiate(optimizer, _partial_=True, _convert_="all"), input_shape, **kwargs)
 
+
+
+def predict(overrides: list[str]) -> Path:
+    """``python -m histo_exp.predict`` in this process: the same config (conf/commands/predict.yaml), composed."""
+    from histo_exp.predict import predict_files
+
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(CONFIG_DIR / "commands"), version_base="1.3"):
+            cfg = compose("predict", overrides=[f"paths.work_dir={Path.cwd()}", *overrides])
+    finally:
+        GlobalHydra.instance().clear()
+    return predict_files(cfg)
+
+
+def split_parts(split_csv: str | Path) -> dict[str, str]:
+    """patient -> train/val/test, from the split.csv a run writes."""
+    rows = Path(split_csv).read_text().splitlines()[1:]
+    return {row.split(",")[0]: row.split(",")[1] for row in rows}
+
+
+def saved_model_test_auc(output_dir: str | Path, data_root: str | Path, batch_size: int = 64) -> float:
+    """ROC AUC of the run's saved ``best_model.keras`` on the test patients of its ``split.csv``,
+    recomputed here (own decoding, Keras and scikit-learn) rather than read from the run."""
+    from sklearn.metrics import roc_auc_score
+
+    from histo_exp.data.decode import decode
+    from histo_exp.data.index import index
+    from histo_exp.model.saving import load_model
+
+    output_dir = Path(output_dir)
+    model, meta = load_model(output_dir / "best_model.keras")
+    test = {p for p, part in split_parts(output_dir / "split.csv").items() if part == "test"}
+    assert test, "split.csv lists no test patients"
+    manifest = index(data_root)
+    rows = np.flatnonzero(np.isin(manifest.patients, sorted(test)))
+    images = decode(manifest, int(meta["image_size"]), str(meta["color"]), progress=False).images[rows]
+    prob = model.predict(images, batch_size=batch_size, verbose=0)[:, 1]
+    labels = manifest.labels[rows]
+    assert set(np.unique(labels)) == {0, 1}, "the test patients hold one class only"
+    return float(roc_auc_score(labels, prob))

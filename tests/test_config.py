@@ -4,6 +4,7 @@ import keras_tuner as kt
 import pytest
 from hydra.errors import ConfigCompositionException
 from hydra.utils import instantiate
+from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
 from histo_exp.space import sample
@@ -56,10 +57,19 @@ def test_tuner_groups_build_tracked_keras_tuners(compose_cfg, tuner, cls):
 
 
 def test_logger_groups(compose_cfg, tmp_path):
+    """logger=none writes nothing; logger=mlflow makes the SQLite store and the experiment, once."""
+    assert type(instantiate(compose_cfg("logger=none").logger)) is NullTracker
+    assert not (tmp_path / "mlruns").exists()
     tracker = instantiate(compose_cfg().logger)
     assert isinstance(tracker, MlflowTracker)
-    assert (tmp_path / "mlruns" / "mlflow.db").exists()
-    assert type(instantiate(compose_cfg("logger=none").logger)) is NullTracker
+    assert tracker.tracking_uri == f"sqlite:///{tmp_path}/mlruns/mlflow.db"
+    client = MlflowClient(tracking_uri=tracker.tracking_uri)
+    exp = client.get_experiment_by_name("histo_exp")
+    assert exp is not None and exp.experiment_id == tracker.experiment_id
+    assert exp.artifact_location == (tmp_path / "mlruns" / "artifacts").as_uri()
+    again = instantiate(compose_cfg("logger.experiment_name=histo_exp").logger)
+    assert again.experiment_id == tracker.experiment_id  # reused, not made twice
+    assert [e.name for e in client.search_experiments()].count("histo_exp") == 1
 
 
 def test_data_idc_and_the_original_method_experiment(compose_cfg):

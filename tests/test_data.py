@@ -94,6 +94,8 @@ def test_patient_split_never_leaks_and_is_deterministic(tiny_root):
     assert sum(map(len, parts)) == 6
     assert sorted(np.concatenate([a.train, a.val, a.test])) == list(range(len(m)))
     assert all(np.array_equal(getattr(a, p), getattr(b, p)) for p in ("train", "val", "test"))
+    other = split_by_patient(m.labels, m.patients, 0.2, 0.2, seed=8)
+    assert a.patients(m.patients) != other.patients(m.patients)  # the seed is what decides
     for p in ("train", "val", "test"):
         assert set(m.labels[getattr(a, p)]) == {0, 1}
     assert set(a.patients(m.patients).values()) == {"train", "val", "test"}

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import csv
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from sklearn.metrics import roc_auc_score
 
-from helpers import IDC_MINI, REPO, TINY, cli_env, runs
+from helpers import IDC_MINI, REPO, TINY, cli_env, runs, split_parts
 
 pytestmark = pytest.mark.slow
+
 
 def test_default_command_logs_a_search_with_its_trials(run_cli, tmp_path):
     assert Path.cwd() != tmp_path and not (tmp_path / "conf").exists()
@@ -25,7 +28,7 @@ def test_default_command_logs_a_search_with_its_trials(run_cli, tmp_path):
     assert len(search) == 1 and len(trials) == 2
     run = search[0]
     assert run.info.status == "FINISHED" and run.data.tags["histo_exp.keras_backend"] == "tensorflow"
-    assert 0.0 <= run.data.metrics["test_auc"] <= 1.0 and "best_val_auc" in run.data.metrics
+    assert "best_val_auc" in run.data.metrics
     for split in ("val", "test"):
         for name in ("auc", "pr_auc", "f1", "balanced_accuracy", "sensitivity", "specificity", "accuracy"):
             assert f"{split}_{name}" in run.data.metrics
@@ -63,13 +66,24 @@ def test_default_command_logs_a_search_with_its_trials(run_cli, tmp_path):
     assert max(t.data.metrics["val_auc"] for t in trials) == pytest.approx(run.data.metrics["best_val_auc"])
 
     # The run id is enough to predict: the model file carries size, colour and threshold.
+    root = run.data.params["data.root"]
     predicted = subprocess.run(
-        [sys.executable, "-m", "histo_exp.predict", f"model={run.info.run_id}",
-         f"input={tmp_path}/outputs", "output=pred.csv"],
+        [sys.executable, "-m", "histo_exp.predict", f"model={run.info.run_id}", f"input={root}",
+         "output=pred.csv"],
         cwd=tmp_path, env=cli_env(tmp_path), capture_output=True, text=True, timeout=300,
     )
     assert predicted.returncode == 0, predicted.stderr[-3000:]
     assert f"threshold {m['threshold']:.3f}" in predicted.stderr + predicted.stdout
+    # Evaluation ran on the test patients of split.csv: the logged model's predictions on exactly
+    # those patients give the logged test AUC, and its labels follow the logged threshold.
+    parts = split_parts(split_csv)
+    with open(tmp_path / "pred.csv") as f:
+        table = [r for r in csv.DictReader(f) if parts[r["patient"]] == "test"]
+    assert len(table) == sum(int(r.split(",")[2]) for r in rows[1:] if r.split(",")[1] == "test")
+    y_true = [int(r["path"].endswith("_class1.png")) for r in table]
+    y_prob = [float(r["prob_idc"]) for r in table]
+    assert roc_auc_score(y_true, y_prob) == pytest.approx(m["test_auc"], abs=1e-3)
+    assert all(r["label"] == str(int(float(r["prob_idc"]) >= m["threshold"])) for r in table)
 
 
 @pytest.mark.parametrize("launcher", ["basic", "joblib", "ray"])
@@ -94,9 +108,14 @@ def test_bad_input_fails_with_a_clear_message(run_cli, tmp_path, args, message):
     done = run_cli(args)
     assert done.returncode != 0
     assert message in done.stderr + done.stdout
-    if not args[0].startswith("optimizer"):
-        _, search, _ = runs(tmp_path) if (tmp_path / "mlruns").exists() else (None, [], [])
-        assert search == []  # nothing half-logged
+    if args[0].startswith("optimizer"):  # the config does not compose: Hydra makes no run folder
+        assert list(tmp_path.iterdir()) == []
+        return
+    # The data are loaded before the tracking store is opened: nothing half-logged, no empty store.
+    # Hydra has made the run folder (its config and log) and nothing else is in it.
+    assert [p.name for p in tmp_path.iterdir()] == ["outputs"]
+    [run_dir] = tmp_path.glob("outputs/*/*")
+    assert sorted(p.name for p in run_dir.iterdir()) == [".hydra", "__main__.log"]
 
 
 def test_runs_under_the_jax_backend(tmp_path, cache_dir):

@@ -62,6 +62,11 @@ def test_bootstrap_resamples_whole_patients(scores):
     lone = Scores(np.array([0] * 5 + [1] * 5), np.linspace(0, 1, 10), np.repeat(["a", "b"], 5))
     narrow = bootstrap_by_patient(lone, 0.5, n=50, seed=0)
     assert narrow["auc"] == (1.0, 1.0)
+    # Two patients, each ranked right inside but one scored higher overall: resamples of whole
+    # patients give AUC 1 ({a,a}, {b,b}) or 0.75 ({a,b}) and nothing else; resampling single
+    # patches would also draw mixes such as (a0, b0, a1, a1) with AUC 0.5.
+    offset = Scores(np.array([0, 1, 0, 1]), np.array([0.1, 0.2, 0.8, 0.9]), np.array(["a", "a", "b", "b"]))
+    assert bootstrap_by_patient(offset, 0.5, n=200, seed=0)["auc"] == (0.75, 1.0)
 
 
 def test_plots_are_non_empty_pngs_of_sane_size(scores, tmp_path):

@@ -18,7 +18,7 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
-from mlflow.tracking import MlflowClient
+from mlflow.entities import LoggedModelStatus
 
 from histo_exp.tracking import (CHAMPION, MODEL_NAME, MlflowTracker, NullTracker, Tracker, download_model,
                                 ending_runs)
@@ -119,7 +119,8 @@ def test_log_model_is_a_logged_model_of_the_search_run(store, tmp_path, keras_fi
     t.end_search("FINISHED")
     assert uri == f"models:/{t.model_id}"
     model = t.client.get_logged_model(t.model_id)
-    assert (model.name, model.source_run_id, model.status.to_proto()) == (MODEL_NAME, t.search_run_id, 2)
+    assert (model.name, model.source_run_id) == (MODEL_NAME, t.search_run_id)
+    assert model.status == LoggedModelStatus.READY
     run = t.client.get_run(t.search_run_id)
     assert [o.model_id for o in run.outputs.model_outputs] == [t.model_id]
     assert run.info.status == "FINISHED" and mlflow.active_run() is None
@@ -133,7 +134,10 @@ def test_log_model_is_a_logged_model_of_the_search_run(store, tmp_path, keras_fi
     assert got.name == "best_model.keras" and got.read_bytes() == keras_file.read_bytes()
 
 
-def test_register_moves_champion_on_better_val_auc_within_the_data(store, tmp_path, keras_file, patches):
+def test_register_moves_champion_on_better_val_auc_within_the_data(store, tmp_path, keras_file, patches,
+                                                                    monkeypatch):
+    import mlflow.pyfunc
+
     name = "histo_exp-idc-champion"
     aliases = []
     for val_auc, fingerprint in [(0.8, "fpA"), (0.7, "fpA"), (0.9, "fpA"), (0.5, "fpB"), (0.85, "fpA")]:
@@ -153,6 +157,9 @@ def test_register_moves_champion_on_better_val_auc_within_the_data(store, tmp_pa
     np.testing.assert_allclose(keras.models.load_model(path, compile=False).predict(patches, verbose=0)[:, 1],
                                expected(keras_file, patches), atol=1e-6)
     assert download_model(f"models:/{name}/2", t.tracking_uri, tmp_path / "v2").is_file()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", t.tracking_uri)  # how `mlflow models serve` finds the registry
+    np.testing.assert_allclose(mlflow.pyfunc.load_model(f"models:/{name}@{CHAMPION}").predict(patches),
+                               expected(keras_file, patches), atol=1e-6)
 
 
 def test_register_is_off_unless_asked(store, keras_file):

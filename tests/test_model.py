@@ -4,6 +4,7 @@ import keras
 import keras_tuner as kt
 import numpy as np
 import pytest
+from sklearn.metrics import roc_auc_score
 
 from histo_exp.model.cnn import block_widths, build_cnn, max_blocks
 from histo_exp.model.hypermodel import SpaceHyperModel
@@ -56,10 +57,16 @@ def test_widths_double_per_block_up_to_the_cap():
 
 def test_the_model_scales_uint8_inside_and_saves_with_its_metric(tmp_path):
     model = build_cnn((16, 16, 3), blocks=2, filters=8, dense_units=(8, 8, 8))
-    assert isinstance(model.layers[0], keras.layers.Rescaling)
+    assert isinstance(model.layers[0], keras.layers.Rescaling) and model.layers[0].scale == pytest.approx(1 / 255)
     hypermodel_metric = make_hypermodel({"blocks": 1, "filters": 8, "dense_units": [8, 8, 8]}, {}, (16, 16, 3))
     model = hypermodel_metric.build(kt.HyperParameters())
     model.save(tmp_path / "m.keras")
-    again = keras.models.load_model(tmp_path / "m.keras")
-    x = np.full((2, 16, 16, 3), 255, dtype=np.uint8)
-    assert np.allclose(model.predict(x, verbose=0), again.predict(x, verbose=0), atol=1e-6)
+    again = keras.models.load_model(tmp_path / "m.keras")  # compiled: needs IdcAUC registered
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (64, 16, 16, 3), dtype=np.uint8)
+    y = np.eye(2, dtype="float32")[rng.integers(0, 2, 64)]
+    prob = again.predict(x, verbose=0)
+    assert np.allclose(model.predict(x, verbose=0), prob, atol=1e-6)
+    # The reloaded metric is "auc" of the IDC column (what the tuner's objective val_auc reads).
+    scores = again.evaluate(x, y, return_dict=True, verbose=0)
+    assert scores["auc"] == pytest.approx(roc_auc_score(y[:, 1], prob[:, 1]), abs=0.02)

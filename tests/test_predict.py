@@ -1,42 +1,41 @@
 """The prediction CLI: one file, a folder, a patient tree, bad files, the model's own metadata."""
 
 import csv
-from pathlib import Path
 import shutil
 import subprocess
 import sys
 
-import keras
 import keras_tuner as kt
+import numpy as np
 import pytest
+from mlflow.tracking import MlflowClient
 
-from histo_exp.model.saving import read_meta, save_model
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-
-from histo_exp.config import CONFIG_DIR
-from histo_exp.predict import predict_files
+from histo_exp.data.decode import decode
+from histo_exp.data.index import index
+from histo_exp.model.saving import load_model, read_meta, save_model
 
 from helpers import cli_env, hypermodel
+from helpers import predict as main
 
 
 @pytest.fixture(scope="module")
-def model_path(tmp_path_factory):
+def saved(tmp_path_factory, tiny_root):
+    """An untrained model saved with metadata whose threshold (the median of its own predictions on
+    the tiny set) splits the patches, and is not 0.5: labels show which threshold was applied."""
     hm = hypermodel({"blocks": 1, "filters": 8, "dense_units": [8, 8, 8]}, {}, (32, 32, 1))
-    path = tmp_path_factory.mktemp("model") / "best_model.keras"
-    return save_model(hm.build(kt.HyperParameters()), path,
-                      {"image_size": 32, "color": "gray", "threshold": 0.25})
+    model = hm.build(kt.HyperParameters())
+    images = decode(index(tiny_root), 32, "gray", progress=False).images
+    prob = model.predict(images, verbose=0)[:, 1]
+    threshold = float(np.median(prob))
+    assert ((prob >= threshold) != (prob >= 0.5)).any()  # the fixture is useful only if it differs
+    meta = {"image_size": 32, "color": "gray", "threshold": threshold}
+    path = save_model(model, tmp_path_factory.mktemp("model") / "best_model.keras", meta)
+    return path, meta, images, prob
 
 
-def main(overrides):
-    """``python -m histo_exp.predict`` in this process: the same config, composed."""
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_dir(config_dir=str(CONFIG_DIR / "commands"), version_base="1.3"):
-            cfg = compose("predict", overrides=[f"paths.work_dir={Path.cwd()}", *overrides])
-    finally:
-        GlobalHydra.instance().clear()
-    return predict_files(cfg)
+@pytest.fixture(scope="module")
+def model_path(saved):
+    return saved[0]
 
 
 def rows(path):
@@ -44,18 +43,31 @@ def rows(path):
         return list(csv.DictReader(f))
 
 
-def test_the_model_file_carries_what_prediction_needs(model_path):
-    assert read_meta(model_path) == {"image_size": 32, "color": "gray", "threshold": 0.25}
-    assert keras.models.load_model(model_path, compile=False).input_shape == (None, 32, 32, 1)
+def test_the_model_file_carries_what_prediction_needs(saved, tmp_path):
+    """Metadata and weights both survive the round trip through the one .keras file."""
+    path, meta, images, prob = saved
+    model, loaded_meta = load_model(path)
+    assert loaded_meta == read_meta(path) == meta
+    assert model.input_shape == (None, 32, 32, 1)
+    assert np.allclose(model.predict(images, verbose=0)[:, 1], prob, atol=1e-6)  # the same weights
+    model.save(tmp_path / "plain.keras")  # a .keras file from elsewhere: no metadata, not an error
+    assert read_meta(tmp_path / "plain.keras") == {}
 
 
-def test_a_patient_tree_gives_rows_and_maps(model_path, tiny_root, tmp_path):
+def test_a_patient_tree_gives_rows_and_maps(saved, tiny_root, tmp_path):
+    model_path, meta, _, prob = saved
     out = main([f"model={model_path}", f"input={tiny_root}", f"output={tmp_path}/p.csv"])
     table = rows(out)
     assert len(table) == 240
     first = table[0]
     assert first["patient"] == "90001" and first["x"] and first["error"] == ""
-    assert all(r["label"] == str(int(float(r["prob_idc"]) >= 0.25)) for r in table)
+    manifest = index(tiny_root)
+    assert [r["path"] for r in table] == [str(manifest.root / p) for p in manifest.paths]
+    assert np.allclose([float(r["prob_idc"]) for r in table], prob, atol=1e-5)
+    # Labels at the model's own threshold (the fixture made sure 0.5 would give other labels).
+    assert [r["label"] for r in table] == [str(int(p >= meta["threshold"])) for p in
+                                          (float(r["prob_idc"]) for r in table)]
+    assert {r["label"] for r in table} == {"0", "1"}
     assert sorted(p.name for p in (tmp_path / "p_maps").iterdir()) == [f"{90001 + i}.png" for i in range(6)]
 
 
@@ -80,5 +92,11 @@ def test_missing_arguments_and_unknown_models_say_what_to_pass(tmp_path, tiny_ro
     done = subprocess.run([sys.executable, "-m", "histo_exp.predict", "input=x"], cwd=tmp_path,
                           env=cli_env(tmp_path), capture_output=True, text=True, timeout=120)
     assert done.returncode != 0 and "missing model" in done.stderr and "Usage" in done.stderr
+    assert list(tmp_path.iterdir()) == []  # no outputs/, no .hydra/, no log file
+    store = f"sqlite:///{tmp_path}/m.db"
+    with pytest.raises(FileNotFoundError, match="no MLflow store at .*m.db"):
+        main(["model=0123456789abcdef", f"input={tiny_root}", f"tracking_uri={store}"])
+    assert not (tmp_path / "m.db").exists()
+    MlflowClient(tracking_uri=store).search_experiments()  # an empty store: the run is not in it
     with pytest.raises(FileNotFoundError, match="neither a .keras file, nor a run"):
-        main(["model=0123456789abcdef", f"input={tiny_root}", f"tracking_uri=sqlite:///{tmp_path}/m.db"])
+        main(["model=0123456789abcdef", f"input={tiny_root}", f"tracking_uri={store}"])

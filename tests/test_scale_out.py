@@ -13,8 +13,9 @@ from collections import Counter
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
+from hydra.utils import instantiate
 
-from helpers import TINY, cli_env, runs
+from helpers import TINY, cli_env, runs, saved_model_test_auc
 from histo_exp.config import CONFIG_DIR
 from histo_exp.launch import commands, device_env
 from histo_exp.tuning.folder import record_search_run, recorded_search_run, search_lock, wait_for_search_run
@@ -81,15 +82,34 @@ def test_launcher_gives_every_process_the_same_folder_and_port(tmp_path):
     assert device_env(1, []) == {}
 
 
-def test_ray_launcher_composes():
-    """``hydra/launcher=ray`` comes from the hydra-ray-launcher plugin (installed with the dev extra)."""
+@pytest.mark.parametrize("logger", ["mlflow", "none"])
+def test_a_multirun_makes_the_tracking_store_once_before_its_jobs(tmp_path, monkeypatch, logger):
+    """Parallel jobs (hydra/launcher=joblib or ray; run for real in test_end_to_end) must not race to
+    create the SQLite tables and the experiment: the sweep callback makes them first, once."""
+    from mlflow.tracking import MlflowClient
+
+    from histo_exp.hydra_callbacks import PrepareTrackingStore
+
+    monkeypatch.chdir(tmp_path)  # hydra.runtime.cwd, where the default store goes
     GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        full = compose("config", overrides=["hydra/launcher=ray", "+hydra.launcher.ray.init.num_cpus=2"],
-                       return_hydra_config=True)
-    GlobalHydra.instance().clear()
-    assert full.hydra.launcher._target_ == "hydra_plugins.hydra_ray_launcher.ray_launcher.RayLauncher"
-    assert full.hydra.launcher.ray.init.num_cpus == 2
+    try:
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+            full = compose("config", overrides=["hydra/launcher=ray", f"logger={logger}"],
+                           return_hydra_config=True)
+    finally:
+        GlobalHydra.instance().clear()
+    callback = instantiate(full.hydra.callbacks.tracking_store)
+    assert isinstance(callback, PrepareTrackingStore)
+    callback.on_multirun_start(full)
+    if logger == "none":
+        assert list(tmp_path.iterdir()) == []
+        return
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlruns/mlflow.db")
+    exp = client.get_experiment_by_name("histo_exp")
+    assert exp is not None and exp.artifact_location == (tmp_path / "mlruns" / "artifacts").as_uri()
+    assert client.search_runs([exp.experiment_id]) == []  # the store only: the jobs log the runs
+    callback.on_multirun_start(full)  # a later sweep from the same folder reuses it
+    assert [e.experiment_id for e in client.search_experiments() if e.name == "histo_exp"] == [exp.experiment_id]
 
 
 @pytest.mark.slow
@@ -155,12 +175,15 @@ def test_chief_and_two_workers_log_each_trial_once_under_one_search(tmp_path, ca
     assert "[chief]" in done.stdout and "[worker1]" in done.stdout and "[worker2]" in done.stdout
     client, search, trials = runs(tmp_path)
     assert len(search) == 1 and search[0].info.status == "FINISHED"
-    assert "test_auc" in search[0].data.metrics
+    # The chief evaluated the best model on the test patients of its split.csv.
+    assert search[0].data.metrics["test_auc"] == pytest.approx(
+        saved_model_test_auc(tmp_path / "dist" / "chief", search[0].data.params["data.root"]), abs=1e-4)
     assert sorted(t.data.tags["histo_exp.trial_id"] for t in trials) == ["0", "1", "2", "3"]
     assert all(t.data.tags["mlflow.parentRunId"] == search[0].info.run_id for t in trials)
     assert all(t.info.status == "FINISHED" and "val_auc" in t.data.metrics for t in trials)
+    best = max(t.data.metrics["val_auc"] for t in trials)
+    assert search[0].data.metrics["best_val_auc"] == pytest.approx(best)  # the workers' trials, compared
     assert {t.data.tags["histo_exp.tuner_id"] for t in trials} <= {"worker1", "worker2"}
-    assert (tmp_path / "dist" / "chief" / "best_model.keras").exists()
     artifacts = {a.path for a in client.list_artifacts(search[0].info.run_id)}
     assert {"training_curves.png", "trials.csv", "model"} <= artifacts
 

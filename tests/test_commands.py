@@ -1,0 +1,81 @@
+"""The commands that are not experiments (``histo_exp.predict``, ``histo_exp.trials``) as a user runs
+them: Hydra's override syntax, Hydra's errors, and a command that fails writes nothing."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from helpers import cli_env
+
+
+def command(cwd: Path, module: str, *args: str) -> subprocess.CompletedProcess:
+    """``python -m histo_exp.<module> args`` from ``cwd``."""
+    return subprocess.run([sys.executable, "-m", f"histo_exp.{module}", *args], cwd=cwd,
+                          env=cli_env(cwd), capture_output=True, text=True, timeout=120)
+
+
+def written(folder: Path, *given: str) -> list[str]:
+    """What is in ``folder`` besides the inputs the test put there."""
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*")
+                  if not any(p.relative_to(folder).parts[0] == g for g in given))
+
+
+@pytest.mark.parametrize("module, args, key", [
+    ("predict", ["modle=x.keras", "input=x"], "modle"),
+    ("predict", ["model=x.keras", "input=x", "treshold=0.3"], "treshold"),
+    ("trials", ["sourc=abc"], "sourc"),
+])
+def test_an_unknown_key_is_a_hydra_error_and_writes_nothing(tmp_path, module, args, key):
+    done = command(tmp_path, module, *args)
+    assert done.returncode != 0
+    assert f"Could not override '{key}'" in done.stderr and f"Key '{key}' is not in struct" in done.stderr
+    assert written(tmp_path) == []  # no outputs/, no .hydra/, no log file
+
+
+def test_the_commands_take_their_own_keys_not_the_experiments(tmp_path):
+    """``model=`` names a file for predict; the experiment's groups are not there (no optimizer=)."""
+    done = command(tmp_path, "predict", "model=x.keras", "input=x", "optimizer=sgd")
+    assert done.returncode != 0 and "Could not override 'optimizer'" in done.stderr
+    shown = command(tmp_path, "trials", "source=abc", "csv=t.csv", "--cfg", "job", "--resolve")
+    assert shown.returncode == 0, shown.stderr[-2000:]
+    assert "source: abc" in shown.stdout and "csv: t.csv" in shown.stdout
+    assert f"tracking_uri: sqlite:///{tmp_path}/mlruns/mlflow.db" in shown.stdout
+    assert written(tmp_path) == []
+
+
+def test_a_failing_predict_writes_nothing(tmp_path):
+    done = command(tmp_path, "predict", "model=best_model.keras", "input=nowhere", "output=res/p.csv")
+    assert done.returncode != 0
+    assert "input 'nowhere' is neither a file nor a folder" in done.stderr
+    assert written(tmp_path) == []
+
+
+def test_a_failing_trials_export_writes_nothing(tmp_path):
+    (tmp_path / "tuner").mkdir()
+    done = command(tmp_path, "trials", "source=tuner", "csv=t.csv")
+    assert done.returncode != 0 and "no KerasTuner trials (trial_*/trial.json) under tuner" in done.stderr
+    assert written(tmp_path, "tuner") == []
+
+
+@pytest.mark.parametrize("module, args", [
+    ("predict", ["model=0123456789abcdef", "input=tree"]),
+    ("trials", ["source=0123456789abcdef"]),
+])
+def test_a_run_id_without_a_store_is_an_error_that_creates_no_store(tmp_path, tiny_root, module, args):
+    """Looking a run up must not leave an empty ./mlruns/mlflow.db behind (MLflow makes one on open)."""
+    (tmp_path / "tree").symlink_to(tiny_root)
+    done = command(tmp_path, module, *args)
+    assert done.returncode != 0
+    assert f"no MLflow store at sqlite:///{tmp_path}/mlruns/mlflow.db" in done.stderr
+    assert written(tmp_path, "tree") == []
+
+
+def test_a_model_that_is_not_there_leaves_no_output_folder(tmp_path, tiny_root):
+    done = command(tmp_path, "predict", "model=missing.keras", f"input={tiny_root}", "output=res/p.csv",
+                   f"tracking_uri=sqlite:///{tmp_path.parent}/{tmp_path.name}-elsewhere.db")
+    assert done.returncode != 0 and "missing.keras" in done.stderr
+    assert written(tmp_path) == []
