@@ -4,7 +4,6 @@ prediction in this process, and the test AUC recomputed from what a run saved.""
 from __future__ import annotations
 
 import os
-import socket
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -14,6 +13,7 @@ from hydra.core.global_hydra import GlobalHydra
 from mlflow.tracking import MlflowClient
 
 from histo_exp.config import CONFIG_DIR
+from histo_exp.launch import free_port  # noqa: F401  (tests start servers on loopback too)
 from histo_exp.model.hypermodel import SpaceHyperModel
 
 REPO = Path(__file__).resolve().parents[1]
@@ -51,13 +51,6 @@ def cli_env(cache_dir: Path) -> dict[str, str]:
     for name in [n for n in env if n.startswith("KERASTUNER_")]:  # no role from the caller's shell
         env.pop(name)
     return env
-
-
-def free_port() -> int:
-    """A loopback port nobody listens on now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def hypermodel(model: Mapping, optimizer: Mapping, input_shape: tuple[int, int, int],

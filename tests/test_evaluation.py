@@ -13,7 +13,7 @@ from sklearn.metrics import (
 
 from histo_exp.data.index import index
 from histo_exp.evaluation.maps import grid, plot_patient_map
-from histo_exp.evaluation.metrics import Scores, binary_metrics, bootstrap_by_patient, choose_threshold
+from histo_exp.evaluation.metrics import Scores, binary_metrics, bootstrap_by_patient, choose_threshold, rank_auc
 from histo_exp.evaluation.plots import plot_confusion, plot_history, plot_pr, plot_roc, plot_trials
 
 
@@ -100,3 +100,13 @@ def test_slide_map_puts_each_patch_at_its_place(tiny_root, tmp_path):
     images = np.zeros((mine.sum(), 50, 50, 3), np.uint8)
     path = plot_patient_map(m.patients[0], x, y, labels, prob, tmp_path / "map.png", images, 0.5)
     assert path.stat().st_size > 5000
+
+
+@pytest.mark.parametrize("n, decimals", [(7, 1), (300, 2), (2000, 6)])
+def test_the_bootstraps_auc_equals_scikit_learns_with_ties(n, decimals):
+    rng = np.random.default_rng(n)
+    y = rng.integers(0, 2, n)
+    y[:2] = (0, 1)
+    p = np.round(np.clip(0.3 * y + rng.random(n), 0, 1), decimals)  # rounding makes ties
+    assert rank_auc(y, p) == pytest.approx(roc_auc_score(y, p), abs=1e-12)
+    assert rank_auc(y, np.full(n, 0.5)) == 0.5

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import csv
 import inspect
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -15,11 +15,13 @@ import time
 import urllib.request
 from pathlib import Path
 
+import cv2
 import keras
 import numpy as np
 import pytest
 from mlflow.entities import LoggedModelStatus
 
+from helpers import free_port, predict
 from histo_exp.tracking import (CHAMPION, MODEL_NAME, MlflowTracker, NullTracker, Tracker, download_model,
                                 ending_runs)
 
@@ -203,12 +205,6 @@ def test_ending_runs_kills_open_runs_on_ctrl_c(store):
     assert {t.client.get_run(r).info.status for r in (trial, t.search_run_id)} == {"KILLED"}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def answers(url: str) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=2) as reply:
@@ -258,3 +254,11 @@ def test_mlflow_models_serve_returns_idc_probabilities(store, tmp_path, keras_fi
         stop(server)
     assert predictions.shape == (len(patches),)
     np.testing.assert_allclose(predictions, expected(keras_file, patches), atol=1e-5)
+    # The same patches as PNG files through `python -m histo_exp.predict`: the same answers.
+    folder = tmp_path / "tree" / "p1" / "1"
+    folder.mkdir(parents=True)
+    for i, patch in enumerate(patches):
+        cv2.imwrite(str(folder / f"p1_idx5_x{50 * i}_y0_class1.png"), cv2.cvtColor(patch, cv2.COLOR_RGB2BGR))
+    with predict([f"model={keras_file}", f"input={tmp_path / 'tree'}", f"output={tmp_path}/p.csv"]).open() as f:
+        table = sorted(csv.DictReader(f), key=lambda row: int(row["x"]))
+    np.testing.assert_allclose([float(row["prob_idc"]) for row in table], predictions, atol=2e-6)

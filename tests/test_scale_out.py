@@ -138,9 +138,11 @@ def test_interrupted_search_resumes_without_repeating_trials(tmp_path, cache_dir
         ("0", "FINISHED"), ("1", "KILLED")]
     killed = next(t.info.run_id for t in trials if t.info.status == "KILLED")
 
-    again = subprocess.run(args, cwd=tmp_path, env=cli_env(cache_dir), capture_output=True, text=True,
+    quick = [*args, "trainer.epochs=2"]  # the retried trial need not run its 25 epochs
+    again = subprocess.run(quick, cwd=tmp_path, env=cli_env(cache_dir), capture_output=True, text=True,
                            timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
+    assert "trainer.epochs: 25 -> 2" in again.stderr + again.stdout  # said, and the run keeps its params
     assert "resuming the search saved in" in again.stderr + again.stdout
     client, search_after, trials = runs(tmp_path)
     assert [r.info.run_id for r in search_after] == [search[0].info.run_id]  # the same search run
@@ -154,7 +156,7 @@ def test_interrupted_search_resumes_without_repeating_trials(tmp_path, cache_dir
     oracle = json.loads((tmp_path / "search" / "tuner" / "oracle.json").read_text())
     assert oracle["ongoing_trials"] == {} and sorted(oracle["end_order"]) == ["0", "1", "2"]
 
-    fresh = subprocess.run([*args, "tuner.overwrite=true", "tuner.max_trials=1"], cwd=tmp_path,
+    fresh = subprocess.run([*quick, "tuner.overwrite=true", "tuner.max_trials=1"], cwd=tmp_path,
                            env=cli_env(cache_dir), capture_output=True, text=True, timeout=600)
     assert fresh.returncode == 0, fresh.stderr[-3000:]
     assert "starting over" in fresh.stderr + fresh.stdout

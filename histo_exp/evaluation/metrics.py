@@ -62,6 +62,17 @@ def binary_metrics(y_true: np.ndarray, y_prob: np.ndarray, threshold: float) -> 
     }
 
 
+def rank_auc(y_true: np.ndarray, y_prob: np.ndarray) -> float:
+    """ROC AUC as the Mann-Whitney statistic (ties count a half): equal to scikit-learn's
+    ``roc_auc_score`` and about 50 times faster on small arrays, which the bootstrap needs."""
+    _, inverse, counts = np.unique(y_prob, return_inverse=True, return_counts=True)
+    ranks = (np.cumsum(counts) - (counts - 1) / 2)[inverse]
+    positive = y_true == 1
+    n1 = int(positive.sum())
+    n0 = y_true.size - n1
+    return float((ranks[positive].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
+
+
 def bootstrap_by_patient(
     scores: Scores, threshold: float, n: int = 1000, seed: int = 0, level: float = 0.95
 ) -> dict[str, tuple[float, float]]:
@@ -75,8 +86,10 @@ def bootstrap_by_patient(
         y, p = scores.y_true[idx], scores.y_prob[idx]
         if np.unique(y).size < 2:
             continue  # AUC is undefined on one class; such resamples are left out
-        auc.append(roc_auc_score(y, p))
-        f1.append(f1_score(y, p >= threshold, zero_division=0))
+        auc.append(rank_auc(y, p))
+        predicted = p >= threshold
+        tp = int((predicted & (y == 1)).sum())
+        f1.append(2 * tp / max(int(predicted.sum()) + int((y == 1).sum()), 1))
     tail = (1 - level) / 2 * 100
     if not auc:
         return {}
