@@ -1,6 +1,6 @@
 """The MLflow pyfunc face of a saved model: uint8 patches in, IDC probabilities out.
 
-``mlflow models serve`` and ``mlflow.pyfunc.load_model`` use it; ``histo_exp.tracking`` logs it.
+``mlflow models serve`` and ``mlflow.pyfunc.load_model`` use it; ``histo_exp.tracking.models`` logs it.
 """
 
 import os

@@ -1,0 +1,14 @@
+"""Experiment tracking: one MLflow run per search, one nested run per KerasTuner trial.
+
+The only package that talks to MLflow. ``Tracker`` (``base``) is the interface and records
+nothing; ``NullTracker`` is ``logger=none``; ``MlflowTracker`` (``mlflow_tracker``) logs through
+``MlflowClient`` with explicit run ids, so no global active run is ever left behind; ``models``
+logs the servable model and keeps the registry's ``champion``; ``store`` reads a store back.
+"""
+
+from histo_exp.tracking.base import CHAMPION, MODEL_NAME, NullTracker, Tracker, ending_runs, flatten
+from histo_exp.tracking.mlflow_tracker import MlflowTracker
+from histo_exp.tracking.store import download_model, reader, trial_runs
+
+__all__ = ["CHAMPION", "MODEL_NAME", "MlflowTracker", "NullTracker", "Tracker", "download_model", "ending_runs",
+           "flatten", "reader", "trial_runs"]
