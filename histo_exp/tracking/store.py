@@ -99,7 +99,8 @@ def _logged_model_of_run(client: MlflowClient, run_id: str, name: str) -> Any:
 
 
 def trial_runs(run_id: str, tracking_uri: str) -> list[dict[str, Any]]:
-    """The trial runs nested under a search run: trial id, status, params, final metrics."""
+    """The trial runs nested under a search run: trial id, status, params, final metrics (not the
+    ``system/*`` ones, which describe the machine, not the trial)."""
     client = reader(tracking_uri)
     try:
         search = client.get_run(run_id)
@@ -108,7 +109,8 @@ def trial_runs(run_id: str, tracking_uri: str) -> list[dict[str, Any]]:
     runs = client.search_runs([search.info.experiment_id],
                               f"tags.`mlflow.parentRunId` = '{run_id}'", max_results=10000)
     return [{"trial": r.data.tags.get(TRIAL_ID, r.info.run_name),
-             "status": r.info.status, "params": r.data.params, "metrics": r.data.metrics}
+             "status": r.info.status, "params": r.data.params,
+             "metrics": {k: v for k, v in r.data.metrics.items() if not k.startswith("system/")}}
             for r in runs]
 
 
