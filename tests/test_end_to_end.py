@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -29,6 +30,13 @@ def test_default_command_logs_a_search_with_its_trials(run_cli, tmp_path):
     run = search[0]
     assert run.info.status == "FINISHED" and run.data.tags["histo_exp.keras_backend"] == "tensorflow"
     assert "best_val_auc" in run.data.metrics
+    # What it trained on, the servable model and the machine's load, as MLflow records them.
+    [data] = [d.dataset for d in run.inputs.dataset_inputs]
+    profile = json.loads(data.profile)
+    assert data.name == "synthetic" and profile["train_patients"] + profile["val_patients"] + profile["test_patients"] == 6
+    [model] = [m for m in client.search_logged_models([run.info.experiment_id]) if m.source_run_id == run.info.run_id]
+    assert model.name == "idc_probability" and str(model.status).endswith("READY")
+    assert any(name.startswith("system/cpu") for name in run.data.metrics)
     for split in ("val", "test"):
         for name in ("auc", "pr_auc", "f1", "balanced_accuracy", "sensitivity", "specificity", "accuracy"):
             assert f"{split}_{name}" in run.data.metrics
@@ -55,6 +63,7 @@ def test_default_command_logs_a_search_with_its_trials(run_cli, tmp_path):
     assert exported.returncode == 0, exported.stderr[-2000:]
     table = (tmp_path / "t.csv").read_text().splitlines()
     assert table[0].startswith("trial,status,val_auc,") and "learning_rate" in table[0]
+    assert "system/" not in table[0]  # the machine's metrics are on the trial runs, not in the table
     assert len(table) == 1 + 2 and all(",FINISHED," in row for row in table[1:])
     maps = [a.path for a in client.list_artifacts(run.info.run_id, "maps")]
     assert maps and all(p.startswith("maps/9000") and p.endswith(".png") for p in maps)
