@@ -21,11 +21,9 @@ class IdcProbability(mlflow.pyfunc.PythonModel):
     def load_context(self, context: Any) -> None:
         """Load the .keras file without its optimizer: scoring never trains."""
         os.environ.setdefault("KERAS_BACKEND", self.backend)  # before the first import of keras
-        import keras
+        from histo_exp.model.saving import load_model
 
-        import histo_exp.model.cnn  # noqa: F401  (registers histo_exp's Keras objects)
-
-        self.model = keras.models.load_model(context.artifacts[KERAS_ARTIFACT], compile=False)
+        self.model, _ = load_model(context.artifacts[KERAS_ARTIFACT])
 
     # np.ndarray is a hint MLflow accepts without deriving a schema from it: the logged signature rules.
     def predict(self, context: Any, model_input: np.ndarray, params: dict | None = None) -> np.ndarray:

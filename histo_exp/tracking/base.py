@@ -84,14 +84,11 @@ class Tracker:
 
     def describe(self) -> str:
         """Where to look at what was recorded."""
-        return "tracking is off"
+        return "tracking is off (logger=none)"
 
 
 class NullTracker(Tracker):
     """Records nothing (``logger=none``)."""
-
-    def describe(self) -> str:
-        return "tracking is off (logger=none)"
 
 
 @contextlib.contextmanager

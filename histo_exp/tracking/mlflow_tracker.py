@@ -19,6 +19,9 @@ from histo_exp.tracking.models import log_pyfunc_model, register_version
 
 log = logging.getLogger(__name__)
 
+# MLflow's monitor logs its start and stop at INFO: once per trial, that is noise.
+logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
+
 PER_LAUNCH = ("paths.output_dir", "tuner.distributed.")  # differ at every launch: not worth a warning
 
 
@@ -208,7 +211,6 @@ class MlflowTracker(Tracker):
         try:
             from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
-            logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)  # start/stop per trial
             monitor = SystemMetricsMonitor(run_id, sampling_interval=self.system_metrics_interval,
                                            resume_logging=resume, tracking_uri=self.tracking_uri)
         except Exception as err:  # psutil missing, say
