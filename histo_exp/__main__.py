@@ -1,6 +1,7 @@
 """``python -m histo_exp [overrides]``: the Hydra entry point, and the only place Hydra runs."""
 
 import logging
+import signal
 
 import hydra
 from omegaconf import DictConfig
@@ -24,4 +25,6 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
+    # Started from a background shell, SIGINT arrives ignored; Ctrl-C must still end the run cleanly.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     main()
