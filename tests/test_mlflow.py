@@ -113,6 +113,39 @@ def test_log_dataset_is_a_run_input_once_per_run(store):
     assert {(tag.key, tag.value) for tag in found.tags} == {("mlflow.data.context", "training")}
 
 
+SAME_DATASET = """
+import sys, time
+from pathlib import Path
+from histo_exp.tracking import MlflowTracker
+store, ready, go = map(Path, sys.argv[1:])
+t = MlflowTracker(f"sqlite:///{store}/mlflow.db", "histo_exp", system_metrics=False)
+t.start_search({}, "", run_name="search")
+ready.touch()
+while not go.exists():
+    time.sleep(0.01)
+t.log_dataset("synthetic", "cf03d0d2db725028", "/data", {"train_patches": 1})
+t.end_search("FINISHED")
+"""
+
+
+def test_parallel_searches_log_the_same_dataset_without_a_unique_constraint_error(tmp_path):
+    """A multirun's launcher starts searches on the same data at once: they race to add its row."""
+    tracker(tmp_path).start_search({}, "", run_name="create the store")
+    go = tmp_path / "go"
+    searches = [subprocess.Popen([sys.executable, "-c", SAME_DATASET, str(tmp_path), str(tmp_path / f"ready{i}"),
+                                  str(go)], stderr=subprocess.PIPE, text=True) for i in range(6)]
+    deadline = time.monotonic() + 120
+    while len(list(tmp_path.glob("ready*"))) < len(searches) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    go.touch()
+    errors = [search.communicate(timeout=120)[1] for search in searches]
+    assert [search.returncode for search in searches] == [0] * 6, "\n".join(errors)
+    client = tracker(tmp_path).client
+    runs = client.search_runs([client.get_experiment_by_name("histo_exp").experiment_id],
+                              "attributes.status = 'FINISHED'")
+    assert len(runs) == 6 and all(len(run.inputs.dataset_inputs) == 1 for run in runs)
+
+
 def test_log_model_is_a_logged_model_of_the_search_run(store, tmp_path, keras_file, patches, monkeypatch):
     import mlflow
     import mlflow.pyfunc

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 from mlflow.utils.validation import MAX_DATASET_DIGEST_SIZE, MAX_PARAM_VAL_LENGTH, MAX_TAG_VAL_LENGTH
@@ -168,8 +169,15 @@ class MlflowTracker(Tracker):
         profile = {**profile, **({"fingerprint": digest} if short != digest else {})}
         dataset = Dataset(name=name, digest=short, source_type="local", source=json.dumps({"uri": source}),
                           profile=json.dumps(profile))
-        self.client.log_inputs(self.search_run_id, [
-            DatasetInput(dataset, tags=[InputTag(MLFLOW_DATASET_CONTEXT, "training")])])
+        inputs = [DatasetInput(dataset, tags=[InputTag(MLFLOW_DATASET_CONTEXT, "training")])]
+        try:
+            self.client.log_inputs(self.search_run_id, inputs)
+        except MlflowException as error:
+            # Parallel searches on the same data (a multirun's launcher) race to insert the one
+            # dataset row; the loser's retry finds that row and only links it to its run.
+            if "UNIQUE constraint" not in str(error) and "IntegrityError" not in str(error):
+                raise
+            self.client.log_inputs(self.search_run_id, inputs)
 
     def log_model(self, keras_path: Path, input_shape: tuple[int, int, int]) -> str | None:
         """Log the model as an MLflow pyfunc model of the search run; returns ``models:/<model id>``."""
