@@ -8,7 +8,6 @@ import os
 import shutil
 import warnings
 from pathlib import Path
-from typing import Any
 
 import keras
 import keras_tuner as kt
@@ -20,20 +19,24 @@ from sklearn.utils.class_weight import compute_class_weight
 
 from histo_exp import __version__
 from histo_exp.config import config_yaml
-from histo_exp.data.batches import Augment, split_batches
+from histo_exp.data.batches import PatchBatches, split_batches
 from histo_exp.data.dataset import PatchData, load
+from histo_exp.data.split import patient_folds
 from histo_exp.evaluation.evaluate import Evaluation, evaluate
 from histo_exp.evaluation.plots import plot_trials
 from histo_exp.model.hypermodel import SpaceHyperModel
 from histo_exp.model.saving import save_model
-from histo_exp.tracking import NullTracker, Tracker, ending_runs, flatten
+from histo_exp.tracking import KEPT, NullTracker, Tracker, ending_runs, flatten
 from histo_exp.trials import from_tuner_dir, trials_csv
 from histo_exp.tuning.folder import (record_search_run, recorded_search_run, search_lock, tuner_folder,
                                      wait_for_search_run)
+from histo_exp.tuning.keep import Kept, keep
 from histo_exp.tuning.roles import kerastuner_env, role
 from histo_exp.tuning.tuners import format_hparams, tuner_from_config
 
 log = logging.getLogger(__name__)
+# Each trial, fold and ensemble member is a new model, so TensorFlow traces new functions: expected, not a problem.
+logging.getLogger("tensorflow").addFilter(lambda record: "tf.function retracing" not in record.getMessage())
 
 
 def run(cfg: DictConfig) -> dict[str, float]:
@@ -54,9 +57,12 @@ def run(cfg: DictConfig) -> dict[str, float]:
             with ending_runs(tracker):
                 tracker.log_dataset(str(cfg.data.name), data.fingerprint, str(data.root), data.profile())
                 search(cfg, data, tuner)
-                model, trial = best_model(tuner)
-                result = evaluate(model, data, cfg.eval, int(cfg.trainer.batch_size), out, int(cfg.seed))
-                metrics = log_results(cfg, data, model, tuner, trial, result, tracker, out)
+                kept = keep(tuner, data, [val.indices for _, val in tuner.folds], cfg.eval, cfg.trainer,
+                            str(cfg.trainer.get("refit", "none")), int(cfg.seed))
+                log.info(kept.description)
+                result = evaluate(kept.test_model, kept.val, data, cfg.eval, int(cfg.trainer.batch_size), out,
+                                  int(cfg.seed))
+                metrics = log_results(cfg, data, kept, tuner, result, tracker, out)
     log.info("outputs: %s\n%s", out, tracker.describe())
     if data.skipped:
         log.warning("%d files were skipped (listed in %s)", len(data.skipped), data.cache / "skipped.tsv")
@@ -93,6 +99,28 @@ def class_weight(data: PatchData, mode: str | None) -> dict[int, float] | None:
     return {0: float(weights[0]), 1: float(weights[1])}
 
 
+def cv_folds(cfg: DictConfig, data: PatchData) -> list[tuple[PatchBatches, PatchBatches]]:
+    """``tuner.cv_folds`` patient folds of the non-test patients as (train, validation) batches; [] for one split.
+
+    ``auto`` cross-validates when the non-test patients are few (``tuner.cv_auto_max_patients``),
+    where a single validation split of a couple of patients would steer the search by their colour.
+    """
+    rows = np.sort(np.concatenate([data.split.train, data.split.val]))
+    k = cfg.tuner.get("cv_folds", 1)
+    if k == "auto":
+        few = np.unique(data.patients[rows]).size <= int(cfg.tuner.get("cv_auto_max_patients", 40))
+        k = int(cfg.tuner.get("cv_auto_folds", 3)) if few else 1
+    folds = patient_folds(data.labels, data.patients, rows, int(k), int(cfg.seed))
+    if folds:
+        log.info("tuner.cv_folds: each trial trains on %d patient folds of %d patients:\n%s", len(folds),
+                 np.unique(data.patients[rows]).size, "\n".join(
+                     f"  fold {i}: validation patients {', '.join(map(str, np.unique(data.patients[v])))}"
+                     for i, (_, v) in enumerate(folds)))
+    size = int(cfg.trainer.batch_size)
+    return [(PatchBatches(data.images, data.labels, train, size, shuffle=True, seed=int(cfg.seed)),
+             PatchBatches(data.images, data.labels, val, size)) for train, val in folds]
+
+
 def build_tuner(cfg: DictConfig, data: PatchData, tracker: Tracker) -> kt.Tuner:
     """The configured KerasTuner tuner over the model and optimizer spaces (resumed if its folder is there)."""
     trainer = cfg.trainer
@@ -107,8 +135,9 @@ def build_tuner(cfg: DictConfig, data: PatchData, tracker: Tracker) -> kt.Tuner:
         early_stopping_patience=trainer.get("early_stopping_patience"),
         steps_per_epoch=trainer.get("steps_per_epoch"), class_weight=weights,
         precision=str(trainer.get("precision", "float32")),
+        augment=cfg.data.get("augment") or {}, gray=cfg.data.color == "gray", seed=int(cfg.seed),
     )
-    return tuner_from_config(cfg.tuner, hypermodel, tracker)
+    return tuner_from_config(cfg.tuner, hypermodel, tracker, cv_folds(cfg, data))
 
 
 def open_search_run(cfg: DictConfig, tracker: Tracker, folder: Path) -> None:
@@ -129,27 +158,13 @@ def open_search_run(cfg: DictConfig, tracker: Tracker, folder: Path) -> None:
 def search(cfg: DictConfig, data: PatchData, tuner: kt.Tuner) -> None:
     """Run the tuner's trials (a chief serves the oracle instead, until its workers are done)."""
     trainer = cfg.trainer
-    augment = Augment.from_config(cfg.data.get("augment"))
     with warnings.catch_warnings():  # the Gaussian process's fit notes, once per trial: noise here
         warnings.filterwarnings("ignore", category=ConvergenceWarning)
         tuner.search(
-            split_batches(data, "train", trainer.batch_size, cfg.seed, augment),
+            split_batches(data, "train", trainer.batch_size, cfg.seed),
             validation_data=split_batches(data, "val", trainer.batch_size, cfg.seed),
             verbose=int(trainer.verbose),
         )
-
-
-def best_model(tuner: kt.Tuner) -> tuple[keras.Model, kt.engine.trial.Trial]:
-    """The best trial's model (weights from its checkpoint in the tuner folder) and the trial."""
-    best = tuner.oracle.get_best_trials(1)
-    if not best or best[0].score is None:
-        raise RuntimeError(
-            "every trial failed, so there is no best model; the trial errors are in the log "
-            "above and on the trial runs in MLflow"
-        )
-    with warnings.catch_warnings():  # reloading weights only: the optimizer state is not needed
-        warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
-        return tuner.get_best_models(1)[0], best[0]
 
 
 @functools.cache
@@ -165,15 +180,19 @@ def provenance() -> dict[str, str]:
     return tags
 
 
-def log_results(cfg: DictConfig, data: PatchData, model: keras.Model, tuner: kt.Tuner, trial: Any,
-                result: Evaluation, tracker: Tracker, out: Path) -> dict[str, float]:
-    """Log the evaluation's metrics, plots and maps, the model, the trials and the split."""
+def log_results(cfg: DictConfig, data: PatchData, kept: Kept, tuner: kt.Tuner, result: Evaluation,
+                tracker: Tracker, out: Path) -> dict[str, float]:
+    """Log the evaluation's metrics, plots and maps, the kept model, the trials and the split."""
+    trial = kept.trials[0]
     metrics = {"best_val_auc": float(trial.score), **result.metrics}
     tracker.log_metrics(metrics)
-    meta = {"image_size": int(cfg.data.image_size), "color": str(cfg.data.color),
-            "threshold": result.threshold, "threshold_method": str(cfg.eval.threshold),
-            "classes": ["no IDC", "IDC"], **provenance()}
-    saved = save_model(model, out / "best_model.keras", meta)
+    tracker.set_tags({KEPT: kept.description})
+    meta = {"image_size": int(cfg.data.image_size), "color": "rgb" if data.input_shape[-1] == 3 else "gray",
+            "network_color": str(cfg.data.color), "threshold": result.threshold,
+            "threshold_method": str(cfg.eval.threshold), "threshold_from": "validation patients' predictions"
+            + (" (out of fold)" if tuner.folds else ""), "kept": kept.description, "tta": kept.tta,
+            "trials": [t.trial_id for t in kept.trials], "classes": ["no IDC", "IDC"], **provenance()}
+    saved = save_model(kept.model, out / "best_model.keras", meta)
     tracker.log_artifact(saved, "model")
     tracker.log_model(saved, data.input_shape)
     tracker.register(float(trial.score), data.fingerprint)
@@ -195,6 +214,6 @@ def log_results(cfg: DictConfig, data: PatchData, model: keras.Model, tuner: kt.
     tracker.log_artifact(split_csv)
     if data.skipped:
         tracker.log_artifact(data.cache / "skipped.tsv")
-    log.info("best trial %s: val_auc=%.4f  [%s]\n%s", trial.trial_id, trial.score,
+    log.info("best trial %s: %s=%.4f  [%s]\n%s", trial.trial_id, tuner.oracle.objective.name, trial.score,
              format_hparams(trial.hyperparameters.values), result.table)
     return metrics

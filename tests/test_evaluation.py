@@ -76,8 +76,10 @@ def test_plots_are_non_empty_pngs_of_sane_size(scores, tmp_path):
         plot_roc(scores, 0.5, tmp_path / "roc.png"),
         plot_pr(scores, 0.5, tmp_path / "pr.png"),
         plot_confusion(scores, 0.5, tmp_path / "cm.png"),
-        plot_history({"loss": [0.7, 0.5], "val_loss": [0.6, 0.55], "auc": [0.7, 0.8],
-                      "val_auc": [0.75, 0.8]}, tmp_path / "h.png", "trial 0"),
+        plot_history([{"loss": [0.7, 0.5], "val_loss": [0.6, 0.55], "auc": [0.7, 0.8],
+                       "val_auc": [0.75, 0.8]}], tmp_path / "h.png", "trial 0"),
+        plot_history([{"loss": [0.7, 0.5], "val_auc": [0.75, 0.8]}, {"loss": [0.6], "val_auc": [0.7]}],
+                     tmp_path / "folds.png", "trial 1, two folds"),
         plot_trials([({"lr": 1e-3, "act": "relu"}, 0.8), ({"lr": 1e-2, "act": "elu"}, 0.7)],
                     tmp_path / "t.png"),
     ]

@@ -1,45 +1,19 @@
-"""Batches for Keras straight from the uint8 patch array (a memory map): no float copy of the data."""
+"""Batches for Keras straight from the uint8 patch array (a memory map): no float copy of the data.
+
+A batch is one gather of rows; augmentation happens on the device, in the model's input layers
+(``histo_exp.model.augment``), so the loader does no per-image Python work.
+"""
 
 from __future__ import annotations
 
 import math
 import mmap
-from collections.abc import Mapping
-from dataclasses import dataclass
 
 import keras
 import numpy as np
 
 
-@dataclass(frozen=True)
-class Augment:
-    """Random training-time changes; labels never change (histology has no orientation)."""
-
-    flip: bool = True
-    rotate90: bool = True
-    color_jitter: float = 0.0
-
-    @classmethod
-    def from_config(cls, cfg: Mapping | bool | None) -> "Augment | None":
-        """``data.augment``: a mapping of the fields, or false/null for none."""
-        if not cfg:
-            return None
-        return cls(**dict(cfg)) if isinstance(cfg, Mapping) else cls()
-
-    def __call__(self, images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        n = len(images)
-        out = images.copy()
-        k = rng.integers(0, 4, n) if self.rotate90 else np.zeros(n, int)
-        flip = rng.random(n) < 0.5 if self.flip else np.zeros(n, bool)
-        for i in np.flatnonzero((k > 0) | flip):
-            img = np.rot90(images[i], k[i])
-            out[i] = img[:, ::-1] if flip[i] else img
-        if self.color_jitter:
-            a, c = self.color_jitter, images.shape[-1]
-            scale = rng.uniform(1 - a, 1 + a, (n, 1, 1, c)).astype(np.float32)
-            shift = rng.uniform(-a, a, (n, 1, 1, c)).astype(np.float32) * 255
-            out = np.clip(out * scale + shift, 0, 255).astype(np.uint8)
-        return out
+ONE_HOT = np.eye(2, dtype="float32")
 
 
 def release_pages(images: np.ndarray) -> None:
@@ -56,8 +30,8 @@ def release_pages(images: np.ndarray) -> None:
 class PatchBatches(keras.utils.PyDataset):
     """Yields ``(uint8 images, one-hot float32 labels)``; shuffles per epoch when training.
 
-    The order and the augmentation of batch ``i`` in epoch ``e`` come from ``(seed, e, i)``
-    alone, so they are the same whichever thread or order Keras asks for batches in.
+    The order of epoch ``e`` comes from ``(seed, e)`` alone, so batch ``i`` is the same whichever
+    thread or order Keras asks for batches in.
     """
 
     def __init__(
@@ -68,7 +42,6 @@ class PatchBatches(keras.utils.PyDataset):
         batch_size: int,
         *,
         shuffle: bool = False,
-        augment: Augment | None = None,
         seed: int = 0,
     ) -> None:
         super().__init__()
@@ -77,7 +50,6 @@ class PatchBatches(keras.utils.PyDataset):
         self.indices = np.asarray(indices)
         self.batch_size = int(batch_size)
         self.shuffle = shuffle
-        self.augment = augment
         self.seed = seed
         self._epoch = 0
         self._order = self._epoch_order()
@@ -91,9 +63,7 @@ class PatchBatches(keras.utils.PyDataset):
             idx = np.sort(idx)  # sequential reads; the batch's own order does not matter
         x = self.images[idx]
         release_pages(self.images)
-        if self.augment:
-            x = self.augment(x, np.random.default_rng([self.seed, self._epoch, i]))
-        return x, np.eye(2, dtype="float32")[self.labels[idx]]
+        return x, ONE_HOT[self.labels[idx]]
 
     def _epoch_order(self) -> np.ndarray:
         if not self.shuffle:
@@ -110,9 +80,7 @@ class PatchBatches(keras.utils.PyDataset):
         return self.labels[self.indices]
 
 
-def split_batches(data, part: str, batch_size: int, seed: int = 0,
-                  augment: Augment | None = None) -> PatchBatches:
-    """Batches of one part of a ``PatchData`` split; only training shuffles and augments."""
-    train = part == "train"
+def split_batches(data, part: str, batch_size: int, seed: int = 0) -> PatchBatches:
+    """Batches of one part of a ``PatchData`` split; only training shuffles."""
     return PatchBatches(data.images, data.labels, getattr(data.split, part), batch_size,
-                        shuffle=train, augment=augment if train else None, seed=seed)
+                        shuffle=part == "train", seed=seed)

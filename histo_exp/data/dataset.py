@@ -83,9 +83,9 @@ class PatchData:
         ]
         for part in ("train", "val", "test"):
             idx = getattr(self.split, part)
+            share = f"{self.labels[idx].mean():.0%} IDC" if idx.size else "none held out"
             lines.append(
-                f"  {part:5s}: {idx.size:6d} patches, {np.unique(self.patients[idx]).size:3d} "
-                f"patients, {self.labels[idx].mean():.0%} IDC"
+                f"  {part:5s}: {idx.size:6d} patches, {np.unique(self.patients[idx]).size:3d} patients, {share}"
             )
         if per_patient:
             lines.append("  patient   split  class 0  class 1")
@@ -135,7 +135,7 @@ def load(cfg: Mapping, progress: bool = True) -> PatchData:
         manifest,
         cache_dir=cfg["cache_dir"],
         image_size=int(cfg["image_size"]),
-        color=str(cfg["color"]),
+        color="rgb",  # data.color=gray is a layer of the model, after the colour augmentation
         small_patches=str(cfg.get("small_patches", "pad")),
         workers=int(cfg.get("workers", 8)),
         progress=progress,

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold
 
 from histo_exp.data.index import DatasetError
+
+log = logging.getLogger(__name__)
 
 PARTS = ("train", "val", "test")
 ATTEMPTS = 50
@@ -27,14 +30,17 @@ class Split:
 
 
 def _hold_out(labels, groups, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """One fold of about ``fraction`` of the patches, stratified by label, grouped by patient."""
+    """One fold of about ``fraction`` of the patches, stratified by label, grouped by patient.
+
+    The first of the splitter's folds whose held-out part holds both classes (else its first fold).
+    """
     folds = max(2, round(1.0 / fraction))
     n_groups = len(np.unique(groups))
     if n_groups < folds:
         folds = n_groups
     splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
-    rest, held = next(splitter.split(np.zeros(len(labels)), labels, groups))
-    return rest, held
+    candidates = list(splitter.split(np.zeros(len(labels)), labels, groups))
+    return next(((rest, held) for rest, held in candidates if np.unique(labels[held]).size == 2), candidates[0])
 
 
 def split_by_patient(
@@ -44,10 +50,13 @@ def split_by_patient(
 
     Tries successive seeds until validation and test each hold both classes, because AUC is
     undefined on one class; fails with a clear error when the patients cannot give that.
+    ``test_fraction=0`` holds out no test patients (they live elsewhere, e.g. a leave-patients-out
+    benchmark that predicts them with ``histo_exp.predict``).
     """
-    for name, f in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
-        if not 0.0 < f < 1.0:
-            raise DatasetError(f"data.{name} must be between 0 and 1; got {f}")
+    if not 0.0 < val_fraction < 1.0:
+        raise DatasetError(f"data.val_fraction must be between 0 and 1; got {val_fraction}")
+    if not 0.0 <= test_fraction < 1.0:
+        raise DatasetError(f"data.test_fraction must be at least 0 and below 1; got {test_fraction}")
     if val_fraction + test_fraction >= 1.0:
         raise DatasetError("data.val_fraction + data.test_fraction must leave patches to train on")
     classes = np.unique(labels)
@@ -57,21 +66,59 @@ def split_by_patient(
             "class 0 and class 1 patches"
         )
     unique = np.unique(patients)
-    if unique.size < 3:
+    needed = 3 if test_fraction else 2
+    if unique.size < needed:
         raise DatasetError(
             f"found {unique.size} patient(s) ({', '.join(map(str, unique))}); a patient-level "
-            "train/val/test split needs at least 3 patients"
+            f"split needs at least {needed} patients"
         )
+    parts_needed = PARTS if test_fraction else PARTS[:2]
     for attempt in range(ATTEMPTS):
         s = seed + attempt * 7919
-        rest, test = _hold_out(labels, patients, test_fraction, s)
+        if test_fraction:
+            rest, test = _hold_out(labels, patients, test_fraction, s)
+        else:
+            rest, test = np.arange(labels.size), np.array([], dtype=int)
         inner, val = _hold_out(labels[rest], patients[rest], val_fraction / (1 - test_fraction), s)
         parts = Split(train=rest[inner], val=rest[val], test=test)
-        if all(np.unique(labels[getattr(parts, p)]).size == 2 for p in PARTS):
+        if all(np.unique(labels[getattr(parts, p)]).size == 2 for p in parts_needed):
             return Split(*(np.sort(getattr(parts, p)) for p in PARTS))
     mixed = sorted({str(p) for p in unique if np.unique(labels[patients == p]).size == 2})
     raise DatasetError(
-        f"could not split {unique.size} patients so that train, val and test each hold both "
+        f"could not split {unique.size} patients so that {', '.join(parts_needed)} each hold both "
         f"classes (patients holding both: {mixed or 'none'}); add patients or change "
         "data.val_fraction / data.test_fraction"
     )
+
+
+def max_folds(labels: np.ndarray, patients: np.ndarray) -> int:
+    """How many patient-grouped folds can each hold both classes: the patients holding the rarer one.
+
+    A patient holding both classes counts for both.
+    """
+    return int(min((np.unique(patients[labels == c]).size for c in (0, 1)), default=0))
+
+
+def patient_folds(labels: np.ndarray, patients: np.ndarray, rows: np.ndarray, k: int,
+                  seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """K patient-grouped, label-stratified (train rows, validation rows) folds of ``rows``.
+
+    Every validation fold holds both classes (AUC needs them), so ``k`` is capped by the
+    patients that hold the rarer class, with a warning, never an error; 1 fold means no CV.
+    """
+    rows = np.asarray(rows)
+    cap = max_folds(labels[rows], patients[rows])
+    if k > cap:
+        log.warning("tuner.cv_folds=%d lowered to %d: only %d of the %d patients outside the test "
+                    "split hold class %d, and every fold's validation patients need both classes",
+                    k, cap, cap, np.unique(patients[rows]).size,
+                    int(np.argmin([np.unique(patients[rows][labels[rows] == c]).size for c in (0, 1)])))
+        k = cap
+    if k < 2:
+        return []
+    for attempt in range(ATTEMPTS):
+        splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed + attempt * 7919)
+        folds = [(rows[a], rows[b]) for a, b in splitter.split(rows, labels[rows], patients[rows])]
+        if all(np.unique(labels[val]).size == 2 for _, val in folds):
+            return [(np.sort(train), np.sort(val)) for train, val in folds]
+    raise DatasetError(f"could not make {k} patient folds that each hold both classes; lower tuner.cv_folds")

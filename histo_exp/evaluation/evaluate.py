@@ -43,19 +43,24 @@ def predict(model: keras.Model, batches: PatchBatches, patients: np.ndarray | No
                   None if patients is None else patients[batches.indices])
 
 
-def evaluate(model: keras.Model, data: PatchData, cfg: Mapping, batch_size: int, out: Path,
+def evaluate(model: keras.Model | None, val: Scores, data: PatchData, cfg: Mapping, batch_size: int, out: Path,
              seed: int) -> Evaluation:
-    """Score validation and test, pick the threshold on validation, draw the figures."""
-    val = predict(model, split_batches(data, "val", batch_size), data.patients)
-    test = predict(model, split_batches(data, "test", batch_size), data.patients)
+    """Pick the threshold on the validation scores, score the test patients with ``model``, draw the figures.
+
+    ``val`` are the validation (or out-of-fold) predictions of the search; ``model`` is None when
+    there are no test patients to score (``data.test_fraction=0``), leaving validation metrics only.
+    """
     method = cfg.get("threshold", "youden")
     threshold = choose_threshold(val.y_true, val.y_prob, method)
     val_m = binary_metrics(val.y_true, val.y_prob, threshold)
+    metrics = {f"val_{k}": v for k, v in val_m.items()} | {"threshold": threshold}
+    if model is None:
+        table = metrics_table(val_m, None, {}, threshold, method, 0)
+        return Evaluation(threshold, metrics, table)
+    test = predict(model, split_batches(data, "test", batch_size), data.patients)
     test_m = binary_metrics(test.y_true, test.y_prob, threshold)
     ci = bootstrap_by_patient(test, threshold, int(cfg.get("bootstrap", 1000)), seed)
-    metrics = {f"val_{k}": v for k, v in val_m.items()}
     metrics |= {f"test_{k}": v for k, v in test_m.items()}
-    metrics["threshold"] = threshold
     for name, (lo, hi) in ci.items():
         metrics[f"test_{name}_ci_low"], metrics[f"test_{name}_ci_high"] = lo, hi
     plots = [plot_roc(test, threshold, out / "roc.png"), plot_pr(test, threshold, out / "pr.png"),

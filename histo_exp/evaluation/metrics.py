@@ -97,15 +97,18 @@ def bootstrap_by_patient(
             for name, v in (("auc", auc), ("f1", f1))}
 
 
-def metrics_table(val: dict[str, float], test: dict[str, float],
+def metrics_table(val: dict[str, float], test: dict[str, float] | None,
                   ci: dict[str, tuple[float, float]], threshold: float, method: str | float,
                   test_patients: int) -> str:
-    """The end-of-run table: one row per metric, validation and test side by side."""
+    """The end-of-run table: one row per metric, validation and test side by side (test if any)."""
     lines = [f"decision threshold {threshold:.3f} (eval.threshold={method}, chosen on validation)",
              f"{'metric':18s} {'val':>7s} {'test':>7s}   test 95% CI (by patient)"]
-    if test_patients < 10:
+    if test is None:
+        lines[1] = f"{'metric':18s} {'val':>7s}   (no test patients: data.test_fraction=0)"
+    elif test_patients < 10:
         lines[1] += f": only {test_patients} test patients, so a rough one"
     for name in METRICS:
         interval = f"   [{ci[name][0]:.3f}, {ci[name][1]:.3f}]" if name in ci else ""
-        lines.append(f"{name:18s} {val[name]:7.4f} {test[name]:7.4f}{interval}")
+        tested = f" {test[name]:7.4f}" if test is not None else ""
+        lines.append(f"{name:18s} {val[name]:7.4f}{tested}{interval}")
     return "\n".join(lines)

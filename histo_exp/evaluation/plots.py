@@ -73,17 +73,20 @@ def plot_confusion(scores: Scores, threshold: float, path: Path) -> Path:
     return _save(fig, path)
 
 
-def plot_history(history: Mapping[str, Sequence[float]], path: Path, title: str) -> Path:
-    """Loss and AUC per epoch, train against validation."""
+def plot_history(histories: Sequence[Mapping[str, Sequence[float]]], path: Path, title: str) -> Path:
+    """Loss and AUC per epoch, train (solid) against validation (dashed), one colour per patient fold."""
     fig, axes = plt.subplots(1, 2, figsize=(8, 3.4), dpi=120)
+    folds = len(histories) > 1
     for ax, name in zip(axes, ("loss", "auc")):
-        for prefix, style in (("", "-"), ("val_", "--")):
-            values = history.get(prefix + name)
-            if values:
-                epochs = np.arange(1, len(values) + 1)
-                ax.plot(epochs, values, style, marker="o", label="validation" if prefix else "train")
+        for fold, history in enumerate(histories):
+            for prefix, style in (("", "-"), ("val_", "--")):
+                values = history.get(prefix + name)
+                if values:
+                    label = ("validation" if prefix else "train") + (f" fold {fold}" if folds else "")
+                    ax.plot(np.arange(1, len(values) + 1), values, style, marker="o", color=f"C{fold}",
+                            label=label)
         ax.set(xlabel="epoch", ylabel=name, title=name)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=7)
     fig.suptitle(title)
     return _save(fig, path)
 

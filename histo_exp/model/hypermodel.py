@@ -15,6 +15,7 @@ from typing import Any
 import keras
 import keras_tuner as kt
 
+from histo_exp.model.augment import input_layers
 from histo_exp.model.cnn import IdcAUC, max_blocks
 from histo_exp.space import sample, to_plain
 
@@ -56,6 +57,9 @@ class SpaceHyperModel(kt.HyperModel):
         steps_per_epoch: int | None = None,
         class_weight: Mapping[int, float] | None = None,
         precision: str = "float32",
+        augment: Mapping | None = None,
+        gray: bool = False,
+        seed: int | None = None,
     ) -> None:
         super().__init__(name=str(model.keywords.get("name", model.func.__name__)))
         self.build_model: Callable[..., keras.Model] = model.func
@@ -68,9 +72,21 @@ class SpaceHyperModel(kt.HyperModel):
         self.steps_per_epoch = steps_per_epoch
         self.class_weight = dict(class_weight) if class_weight else None
         self.precision = precision
+        self.augment_space = dict(to_plain(augment or {}))
+        self.gray = gray
+        self.seed = seed
 
     def build(self, hp: kt.HyperParameters) -> keras.Model:
-        model = self.build_model(self.input_shape, **sample(hp, self.model_space), dtype=self.precision)
+        """The sampled network behind the input layers: training-only augmentation, then gray if asked.
+
+        The saved model takes the cached RGB patches either way, so prediction needs nothing new.
+        """
+        augment = {"flip": False, "rotate90": False, **sample(hp, self.augment_space)}  # unset: off
+        front = input_layers(**augment, gray=self.gray, seed=self.seed)
+        channels = 1 if self.gray else self.input_shape[-1]
+        net = self.build_model((*self.input_shape[:-1], channels), **sample(hp, self.model_space),
+                               dtype=self.precision)
+        model = keras.Sequential([keras.Input(self.input_shape), *front, net], name=net.name) if front else net
         model.compile(
             optimizer=self.make_optimizer(**sample(hp, self.optimizer_space)),
             loss=keras.losses.BinaryCrossentropy(),

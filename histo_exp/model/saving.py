@@ -28,6 +28,7 @@ def read_meta(path: str | Path) -> dict:
 
 def load_model(path: str | Path) -> tuple[keras.Model, dict]:
     """The model for inference (no optimizer state) and its metadata."""
-    import histo_exp.model.cnn  # noqa: F401  (registers histo_exp's Keras objects)
+    import histo_exp.model.augment  # noqa: F401  (registers histo_exp's Keras objects: input layers...)
+    import histo_exp.model.cnn  # noqa: F401  (...and the AUC metric)
 
     return keras.models.load_model(path, compile=False), read_meta(path)

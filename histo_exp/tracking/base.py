@@ -11,6 +11,7 @@ ROLE = "histo_exp.role"
 ERROR = "histo_exp.error"
 TRIAL_ID = "histo_exp.trial_id"
 RETRY_OF = "histo_exp.retry_of"  # on a trial run: the earlier, interrupted runs of the same trial
+KEPT = "histo_exp.kept"          # on a search run: which model was kept and which one the test metrics belong to
 RESUMED = "histo_exp.resumed"    # on a search run: how many times it was resumed
 VAL_AUC = "histo_exp.val_auc"    # on a registered model version
 FINGERPRINT = "histo_exp.data_fingerprint"  # on a registered model version
@@ -70,6 +71,9 @@ class Tracker:
 
     def log_dataset(self, name: str, digest: str, source: str, profile: Mapping[str, int]) -> None:
         """Record the data the search trained on."""
+
+    def set_tags(self, tags: Mapping[str, str]) -> None:
+        """Tag the search run."""
 
     def log_model(self, keras_path: Path, input_shape: tuple[int, int, int]) -> str | None:
         """Record the best model as a servable model; its URI, or None when nothing is recorded."""

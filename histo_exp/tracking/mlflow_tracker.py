@@ -154,6 +154,10 @@ class MlflowTracker(Tracker):
         if self.trial_run_id:
             self.client.log_artifact(self.trial_run_id, str(path))
 
+    def set_tags(self, tags: Mapping[str, str]) -> None:
+        for key, value in tags.items():
+            self.client.set_tag(self.search_run_id, key, str(value)[:MAX_TAG_VAL_LENGTH])
+
     def log_dataset(self, name: str, digest: str, source: str, profile: Mapping[str, int]) -> None:
         """The data as an MLflow input of the search run (the UI's Datasets column), once per run.
 

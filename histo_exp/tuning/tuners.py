@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import keras_tuner as kt
+import numpy as np
 from hydra.utils import instantiate
 
 from histo_exp.evaluation.plots import plot_history
@@ -20,6 +22,7 @@ from histo_exp.tuning.roles import role
 
 log = logging.getLogger(__name__)
 
+FOLD_RESULTS = "folds.json"  # in a trial's folder
 STATUS = {"COMPLETED": "FINISHED", "FAILED": "FAILED", "INVALID": "FAILED", "STOPPED": "KILLED"}
 
 
@@ -35,10 +38,36 @@ class TrackedTuner:
     FAILED or INVALID) are recorded and the search goes on.
     """
 
-    def __init__(self, *args: Any, tracker: Tracker | None = None, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, tracker: Tracker | None = None, folds: Sequence[tuple[Any, Any]] = (),
+                 **kwargs: Any) -> None:
         self.tracker = tracker or NullTracker()
-        self.history: dict[str, list[float]] = {}  # the running trial's metrics, per epoch
+        self.folds = list(folds)  # (train, validation) batches per patient fold; none: the one split
+        self.fold = 0
+        self.histories: list[dict[str, list[float]]] = []  # the running trial's metrics, per fold and epoch
         super().__init__(*args, **kwargs)
+
+    def run_trial(self, trial: kt.engine.trial.Trial, *args: Any, **kwargs: Any) -> list:
+        """KerasTuner's trial (best epoch checkpointed), once per patient fold with ``folds``.
+
+        KerasTuner averages the best epoch's objective over the returned histories, so a
+        cross-validated trial scores the mean validation AUC of its folds. Each fold's weights
+        are kept beside KerasTuner's checkpoint (which holds the last fold's).
+        """
+        folds = self.folds or [(args[0] if args else kwargs.pop("x"), kwargs.pop("validation_data", None))]
+        kwargs.pop("validation_data", None)
+        histories = []
+        for self.fold, (train, val) in enumerate(folds):
+            self.histories.append({})
+            histories += super().run_trial(trial, train, *args[1:], validation_data=val, **kwargs)
+            if self.folds:
+                best = max(self.histories[-1].get(self.oracle.objective.name) or [float("nan")])
+                log.info("trial %s fold %d of %d: %s=%.4f", trial.trial_id, self.fold + 1, len(folds),
+                         self.oracle.objective.name, best)
+                shutil.copy(self._get_checkpoint_fname(trial.trial_id),
+                            fold_checkpoint(self.get_trial_dir(trial.trial_id), self.fold))
+        write_fold_results(Path(self.get_trial_dir(trial.trial_id)), self.histories,
+                           self.oracle.objective.name)
+        return histories
 
     def search(self, *fit_args: Any, **fit_kwargs: Any) -> None:
         if role(None) == "chief":  # serves the oracle only; the workers print the trial lines
@@ -52,7 +81,7 @@ class TrackedTuner:
 
     def on_trial_begin(self, trial: kt.engine.trial.Trial) -> None:
         super().on_trial_begin(trial)
-        self.history = {}
+        self.histories = []
         limit = self.oracle.max_trials
         log.info("trial %s%s", trial.trial_id, f" of at most {limit}" if limit else "")
         self.tracker.start_trial(trial.trial_id, trial.hyperparameters.values,
@@ -60,18 +89,22 @@ class TrackedTuner:
 
     def on_epoch_end(self, trial, model, epoch, logs=None) -> None:
         super().on_epoch_end(trial, model, epoch, logs=logs)
-        self.tracker.log_epoch(epoch, logs or {})
+        prefix = f"fold{self.fold}/" if self.folds else ""
+        self.tracker.log_epoch(epoch, {prefix + name: value for name, value in (logs or {}).items()})
         for name, value in (logs or {}).items():
-            self.history.setdefault(name, []).append(float(value))
+            self.histories[-1].setdefault(name, []).append(float(value))
 
     def on_trial_end(self, trial: kt.engine.trial.Trial) -> None:
         super().on_trial_end(trial)
         status = STATUS.get(str(trial.status), "FAILED")
         score = self.oracle.get_trial(trial.trial_id).score  # a worker's own copy has none
         metrics = {self.oracle.objective.name: score} if score is not None else {}
-        if self.history:
+        if self.folds and score is not None:
+            metrics |= {f"fold{r['fold']}_{self.oracle.objective.name}": r["score"]
+                        for r in read_fold_results(Path(self.get_trial_dir(trial.trial_id)))}
+        if any(self.histories):
             path = Path(self.get_trial_dir(trial.trial_id)) / "training_curves.png"
-            plot_history(self.history, path, f"trial {trial.trial_id}")
+            plot_history(self.histories, path, f"trial {trial.trial_id}")
             self.tracker.log_trial_artifact(path)
         self.tracker.end_trial(status, metrics, error=trial.message)
         shown = f"{score:.4f}" if score is not None else "n/a"
@@ -83,6 +116,28 @@ class TrackedTuner:
         if trial.message:
             line += f"\n  error: {trial.message.strip().splitlines()[-1]}"
         log.info(line)
+
+
+def fold_checkpoint(trial_dir: str | Path, fold: int) -> Path:
+    """The best epoch's weights of one patient fold of a trial."""
+    return Path(trial_dir) / f"checkpoint.fold{fold}.weights.h5"
+
+
+def write_fold_results(trial_dir: Path, histories: Sequence[Mapping[str, list[float]]], objective: str) -> None:
+    """Each fold's best objective value and its epoch (1-based): what a refit trains for."""
+    results = []
+    for fold, history in enumerate(histories):
+        values = history.get(objective) or []
+        if values:
+            best = int(np.nanargmax(values))
+            results.append({"fold": fold, "score": values[best], "best_epoch": best + 1})
+    (trial_dir / FOLD_RESULTS).write_text(json.dumps(results, indent=1))
+
+
+def read_fold_results(trial_dir: Path) -> list[dict[str, Any]]:
+    """What ``write_fold_results`` wrote for a trial ([] for a trial without it)."""
+    path = Path(trial_dir) / FOLD_RESULTS
+    return json.loads(path.read_text()) if path.exists() else []
 
 
 class BayesianOptimization(TrackedTuner, kt.BayesianOptimization):
@@ -97,13 +152,14 @@ class Hyperband(TrackedTuner, kt.Hyperband):
     """KerasTuner's Hyperband with tracking."""
 
 
-def tuner_from_config(cfg: Mapping, hypermodel: kt.HyperModel, tracker: Tracker) -> kt.Tuner:
+def tuner_from_config(cfg: Mapping, hypermodel: kt.HyperModel, tracker: Tracker,
+                      folds: Sequence[tuple[Any, Any]] = ()) -> kt.Tuner:
     """Instantiate the configured tuner; an existing tuner folder is resumed unless told otherwise.
 
     Run inside ``roles.kerastuner_env``: KerasTuner reads its role from the environment.
     A worker never clears the shared folder: only the chief (or a lone process) starts over.
     """
-    cfg = dict(to_plain(cfg))
+    cfg = {k: v for k, v in to_plain(cfg).items() if not k.startswith("cv_")}  # cv_*: the runner's folds
     dist = cfg.pop("distributed", None) or {}
     worker = role(dist) == "worker"
     if worker and cfg.get("overwrite"):
@@ -122,4 +178,4 @@ def tuner_from_config(cfg: Mapping, hypermodel: kt.HyperModel, tracker: Tracker)
             own = folder / f"{os.environ.get('KERASTUNER_TUNER_ID', 'tuner0')}.json"
             if not own.exists():
                 own.write_text("{}")
-    return instantiate(cfg, hypermodel=hypermodel, tracker=tracker)
+    return instantiate(cfg, hypermodel=hypermodel, tracker=tracker, folds=folds)

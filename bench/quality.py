@@ -1,0 +1,240 @@
+"""``make bench-quality``: model quality on patients the model never saw (leave-patients-out on idc-mini).
+
+idc-mini holds 10 real patients, of which only 8863, 8864 and 8867 have class 0 patches. Three
+folds each leave out one of those three and two or three of the all-IDC patients. For every row
+(a configuration) and seed, each fold runs the real CLI on the other patients
+(``data=idc data.test_fraction=0``: the left-out patients are the test) and predicts the
+left-out ones with ``python -m histo_exp.predict``; the out-of-fold predictions are pooled.
+
+Reported per row: pooled AUC, balanced accuracy at each model's own threshold, AUC within each
+patient holding both classes, and wall time. Each fold's predictions are written to
+``bench/quality/`` as they finish and a fold already there is skipped, so the benchmark can
+run across sessions; ``bench/quality.md`` is rewritten after every fold.
+
+    python bench/quality.py [--rows NAME ...] [--list] [--data PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import gzip
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from sklearn.metrics import balanced_accuracy_score, roc_auc_score
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+RESULTS = HERE / "quality"  # one gzipped CSV (+ JSON timing) per row, seed and fold
+DATA = REPO.parent / "shared" / "data" / "idc-mini"
+MIXED = ("8863", "8864", "8867")  # the only patients with class 0 patches
+SMALL = ("tuner.max_trials=4", "trainer.epochs=5")  # the comparison rows' search budget
+
+
+@dataclass(frozen=True)
+class Row:
+    name: str
+    overrides: tuple[str, ...] = ()
+    seeds: tuple[int, ...] = (1,)
+    small: bool = True  # the smaller search of SMALL instead of the full defaults
+    note: str = ""
+
+    def command(self, seed: int) -> list[str]:
+        return ["data=idc", "data.test_fraction=0", f"seed={seed}", *(SMALL if self.small else ()),
+                *self.overrides]
+
+
+ROWS = [
+    Row("defaults", (), (1, 2), small=False, note="the defaults of data=idc, full search"),
+    Row("small", note="the comparison rows' baseline: the defaults with the smaller search"),
+    Row("gray", ("data.color=gray",)),
+    Row("no-flip-rotate", ("data.augment.flip=false", "data.augment.rotate90=false")),
+    Row("hed-0.05", ("data.augment.hed=0.05",)),
+    Row("hed-0.1", ("data.augment.hed=0.1",)),
+    Row("bright-contrast-0.1", ("data.augment.brightness=0.1", "data.augment.contrast=0.1")),
+    Row("sat-hue", ("data.augment.saturation=0.2", "data.augment.hue=0.05")),
+    Row("gray-hed-0.05", ("data.color=gray", "data.augment.hed=0.05")),
+    Row("cv-2", ("tuner.cv_folds=2",)),
+    Row("refit-trainval", ("trainer.refit=trainval",)),
+    Row("ensemble-3", ("eval.ensemble=3",)),
+    Row("tta", ("eval.tta=true",)),
+    Row("batch-norm", ("model.batch_norm=true",)),
+    Row("gap-head", ("model.head=gap",)),
+]
+
+
+@dataclass
+class Fold:
+    index: int
+    test: list[str]
+    train: list[str] = field(default_factory=list)
+
+
+def folds(data: Path) -> list[Fold]:
+    """Three folds: one patient with class 0 each, the all-IDC patients dealt round-robin."""
+    patients = sorted(p.name for p in data.iterdir() if p.is_dir())
+    missing = [p for p in MIXED if p not in patients]
+    if missing:
+        raise SystemExit(f"{data} lacks patients {missing}: bench-quality needs idc-mini (../shared/data/idc-mini)")
+    rest = [p for p in patients if p not in MIXED]
+    out = [Fold(i, [mixed, *rest[i::len(MIXED)]]) for i, mixed in enumerate(MIXED)]
+    for fold in out:
+        fold.train = [p for p in patients if p not in fold.test]
+    return out
+
+
+def tree(data: Path, patients: list[str], where: Path) -> Path:
+    """A folder of links to the given patients' folders: the CLI sees only them, nothing is copied."""
+    if where.exists():
+        shutil.rmtree(where)
+    where.mkdir(parents=True)
+    for patient in patients:
+        (where / patient).symlink_to(data / patient, target_is_directory=True)
+    return where
+
+
+def run(cmd: list[str], log: Path) -> float:
+    """Run a command, its output to ``log``; the wall time, or exit with the log's tail."""
+    start = time.perf_counter()
+    with log.open("w") as f:
+        done = subprocess.run(cmd, cwd=REPO, stdout=f, stderr=subprocess.STDOUT,
+                              env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    took = time.perf_counter() - start
+    if done.returncode:
+        sys.exit(f"failed ({done.returncode}): {' '.join(cmd)}\n" + log.read_text()[-3000:])
+    return took
+
+
+def fold_file(row: Row, seed: int, fold: Fold) -> Path:
+    return RESULTS / row.name / f"seed{seed}-fold{fold.index}.csv.gz"
+
+
+def run_fold(row: Row, seed: int, fold: Fold, data: Path, work: Path, machine_line: str) -> None:
+    """Train on the fold's patients through the CLI, predict its left-out patients, keep the predictions."""
+    out = work / row.name / f"seed{seed}" / f"fold{fold.index}"
+    train = tree(data, fold.train, out / "train-patients")
+    test = tree(data, fold.test, out / "test-patients")
+    py = sys.executable
+    train_s = run([py, "-m", "histo_exp", *row.command(seed), f"data.root={train}", f"paths.output_dir={out / 'run'}",
+                   "logger=none", "tuner.overwrite=true", "trainer.verbose=0"], out / "train.log")
+    predictions = out / "predictions.csv"
+    predict_s = run([py, "-m", "histo_exp.predict", f"model={out / 'run' / 'best_model.keras'}", f"input={test}",
+                     f"output={predictions}", "logger=none"], out / "predict.log")
+    target = fold_file(row, seed, fold)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with predictions.open() as f, gzip.open(target, "wt", newline="") as g:
+        w = csv.writer(g)
+        w.writerow(["patient", "label", "prob_idc", "predicted"])
+        for r in csv.DictReader(f):
+            w.writerow([r["patient"], int(r["path"].endswith("class1.png")), r["prob_idc"], r["label"]])
+    target.with_suffix("").with_suffix(".json").write_text(json.dumps(
+        {"train_s": round(train_s, 1), "predict_s": round(predict_s, 1), "test": fold.test, "train": fold.train,
+         "command": ["python -m histo_exp", *row.command(seed)], "machine": machine_line,
+         "date": time.strftime("%Y-%m-%d")}, indent=1))
+
+
+def read_fold(path: Path) -> dict[str, np.ndarray]:
+    with gzip.open(path, "rt") as f:
+        rows = list(csv.DictReader(f))
+    return {"patient": np.array([r["patient"] for r in rows]), "label": np.array([int(r["label"]) for r in rows]),
+            "prob": np.array([float(r["prob_idc"]) for r in rows]), "pred": np.array([int(r["predicted"]) for r in rows])}
+
+
+def pooled(row: Row, seed: int, all_folds: list[Fold]) -> dict | None:
+    """Pooled out-of-fold metrics of one row and seed, or None until every fold is done."""
+    paths = [fold_file(row, seed, f) for f in all_folds]
+    if not all(p.exists() for p in paths):
+        return None
+    parts = [read_fold(p) for p in paths]
+    cat = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    per_patient = {p: roc_auc_score(cat["label"][cat["patient"] == p], cat["prob"][cat["patient"] == p])
+                   for p in MIXED}
+    times = [json.loads(p.with_suffix("").with_suffix(".json").read_text()) for p in paths]
+    return {"auc": roc_auc_score(cat["label"], cat["prob"]),
+            "bal_acc": balanced_accuracy_score(cat["label"], cat["pred"]),
+            "fold_auc": [roc_auc_score(p["label"], p["prob"]) for p in parts],
+            "per_patient": per_patient, "train_s": [t["train_s"] for t in times],
+            "predict_s": sum(t["predict_s"] for t in times)}
+
+
+def machine() -> str:
+    sys.path.insert(0, str(HERE))
+    from run import machine as describe
+
+    return describe()
+
+
+def table(all_folds: list[Fold]) -> str:
+    lines = ["| row | overrides | search | seed | pooled AUC | bal. acc. | AUC 8863 / 8864 / 8867 | fold AUCs | "
+             "train s per fold (max) |", "|---|---|---|---|---|---|---|---|---|"]
+    for row in ROWS:
+        for seed in row.seeds:
+            m = pooled(row, seed, all_folds)
+            if m is None:
+                continue
+            pp = " / ".join(f"{m['per_patient'][p]:.3f}" for p in MIXED)
+            folds_auc = " ".join(f"{a:.3f}" for a in m["fold_auc"])
+            search = "small" if row.small else "defaults"
+            lines.append(f"| {row.name} | `{' '.join(row.overrides) or '-'}` | {search} | {seed} | {m['auc']:.4f} | "
+                         f"{m['bal_acc']:.4f} | {pp} | {folds_auc} | {max(m['train_s']):.0f} |")
+    return "\n".join(lines)
+
+
+def write_report(all_folds: list[Fold]) -> None:
+    fold_lines = "\n".join(f"- fold {f.index}: left out {', '.join(f.test)}" for f in all_folds)
+    machines = sorted({f"{j['machine']} ({j['date']})" for j in map(json.loads, map(Path.read_text,
+                       RESULTS.glob("*/*.json")))})
+    (HERE / "quality.md").write_text(
+        "# make bench-quality: leave-patients-out on idc-mini\n\n"
+        "Measured on: " + "; ".join(machines) + ".\n\n"
+        "Each row trains through the real CLI (`python -m histo_exp data=idc data.test_fraction=0 ...`) on the "
+        "patients outside a fold and predicts the fold's left-out patients with `python -m histo_exp.predict`; "
+        "the three folds' predictions are pooled. Balanced accuracy is at each model's own saved threshold. "
+        f"\"small\" rows search with `{' '.join(SMALL)}` on one seed; \"defaults\" rows run the full defaults.\n\n"
+        f"{fold_lines}\n\n{table(all_folds)}\n")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", nargs="*", help="row names to run (default: all, in order)")
+    parser.add_argument("--list", action="store_true", help="list the rows and exit")
+    parser.add_argument("--data", type=Path, default=DATA, help="the idc-mini folder")
+    parser.add_argument("--work", type=Path, default=Path.home() / ".cache" / "histo_exp" / "bench" / "quality")
+    args = parser.parse_args()
+    if args.list:
+        for row in ROWS:
+            print(f"{row.name:22s} seeds {row.seeds}  {'small' if row.small else 'defaults'}  {' '.join(row.overrides)}")
+        return
+    wanted = [r for r in ROWS if not args.rows or r.name in args.rows]
+    unknown = set(args.rows or ()) - {r.name for r in ROWS}
+    if unknown:
+        sys.exit(f"unknown rows {sorted(unknown)}; --list shows them")
+    data = args.data.resolve()
+    all_folds = folds(data)
+    machine_line = machine()
+    for row in wanted:
+        for seed in row.seeds:
+            for fold in all_folds:
+                if fold_file(row, seed, fold).exists():
+                    continue
+                print(f"{row.name} seed {seed} fold {fold.index} (left out {', '.join(fold.test)}) ...", flush=True)
+                run_fold(row, seed, fold, data, args.work, machine_line)
+                write_report(all_folds)
+            m = pooled(row, seed, all_folds)
+            if m:
+                print(f"{row.name} seed {seed}: pooled AUC {m['auc']:.4f}, balanced accuracy {m['bal_acc']:.4f}",
+                      flush=True)
+    write_report(all_folds)
+    print(f"written to {HERE / 'quality.md'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,148 @@
+"""After the search: which model is kept (refit, ensemble, test-time augmentation) and its validation scores.
+
+Every choice here is made from validation predictions only: the search's out-of-fold predictions
+with ``tuner.cv_folds`` > 1, else the validation patients'. The test patients are never looked at.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import keras
+import keras_tuner as kt
+import numpy as np
+
+from histo_exp.data.batches import PatchBatches
+from histo_exp.data.dataset import PatchData
+from histo_exp.evaluation.evaluate import predict
+from histo_exp.evaluation.metrics import Scores
+from histo_exp.model.ensemble import average_models, with_tta
+from histo_exp.tuning.tuners import fold_checkpoint, format_hparams, read_fold_results
+
+log = logging.getLogger(__name__)
+
+REFIT = ("none", "trainval", "all")
+
+
+@dataclass
+class Kept:
+    """The model to save, the validation scores its threshold comes from, and the model the test scores."""
+
+    model: keras.Model
+    val: Scores
+    test_model: keras.Model | None  # None: no patient outside the kept model's training is left to test
+    trials: list[kt.engine.trial.Trial]
+    tta: bool
+    description: str  # what was kept and which model the test metrics belong to
+
+
+def best_trials(tuner: kt.Tuner, n: int) -> list[kt.engine.trial.Trial]:
+    """The ``n`` best completed trials, best first; fails clearly when none completed."""
+    best = [t for t in tuner.oracle.get_best_trials(max(n, 1)) if t.score is not None]
+    if not best:
+        raise RuntimeError(
+            "every trial failed, so there is no best model; the trial errors are in the log "
+            "above and on the trial runs in MLflow"
+        )
+    return best
+
+
+def search_models(tuner: kt.Tuner, trial: kt.engine.trial.Trial, folds: Sequence[np.ndarray],
+                  val_rows: np.ndarray) -> list[tuple[keras.Model, np.ndarray]]:
+    """A trial's trained models with the rows each one validated on: one per patient fold, or the one."""
+    with warnings.catch_warnings():  # reloading weights only: the optimizer state is not needed
+        warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
+        if not folds:
+            return [(tuner.load_model(trial), val_rows)]
+        out = []
+        for k, rows in enumerate(folds):
+            model = tuner.hypermodel.build(trial.hyperparameters)
+            model.load_weights(fold_checkpoint(tuner.get_trial_dir(trial.trial_id), k))
+            out.append((model, rows))
+        return out
+
+
+def out_of_fold(data: PatchData, members: Sequence[Sequence[tuple[keras.Model, np.ndarray]]],
+                batch_size: int, tta: bool) -> Scores:
+    """Each validation row's IDC probability from the models that never trained on it, averaged over trials."""
+    rows = np.unique(np.concatenate([r for _, r in members[0]]))
+    total = np.zeros(rows.size)
+    for trial_models in members:
+        for model, val in trial_models:
+            scored = predict(with_tta(model) if tta else model, PatchBatches(data.images, data.labels, val, batch_size))
+            total[np.searchsorted(rows, val)] += scored.y_prob
+    return Scores(data.labels[rows].astype(int), total / len(members), data.patients[rows])
+
+
+def refit_rows(data: PatchData, refit: str) -> np.ndarray:
+    """The rows a refit trains on: every non-test patient, or every patient."""
+    parts = [data.split.train, data.split.val] + ([data.split.test] if refit == "all" else [])
+    return np.sort(np.concatenate(parts))
+
+
+def refit_epochs(tuner: kt.Tuner, trial: kt.engine.trial.Trial, fallback: int) -> int:
+    """The search's best epoch for this trial, averaged over its folds."""
+    epochs = [r["best_epoch"] for r in read_fold_results(tuner.get_trial_dir(trial.trial_id))]
+    return max(1, round(float(np.mean(epochs)))) if epochs else fallback
+
+
+def refit_model(tuner: kt.Tuner, trial: kt.engine.trial.Trial, data: PatchData, rows: np.ndarray,
+                trainer: Mapping, seed: int) -> keras.Model:
+    """Train the trial's hyperparameters afresh on ``rows`` for the epochs the search found best."""
+    hypermodel = tuner.hypermodel
+    epochs = refit_epochs(tuner, trial, int(trainer["epochs"]))
+    patients = np.unique(data.patients[rows]).size
+    log.info("refit trial %s on %d patches of %d patients for %d epochs  [%s]", trial.trial_id, rows.size,
+             patients, epochs, format_hparams(trial.hyperparameters.values))
+    model = hypermodel.build(trial.hyperparameters)
+    model.fit(PatchBatches(data.images, data.labels, rows, int(trainer["batch_size"]), shuffle=True, seed=seed),
+              epochs=epochs, class_weight=hypermodel.class_weight, verbose=int(trainer.get("verbose", 1)),
+              steps_per_epoch=hypermodel.steps_per_epoch)
+    return model
+
+
+def one_model(models: Sequence[keras.Model], tta: bool) -> keras.Model:
+    """The members averaged into one model (itself when alone), with test-time augmentation if chosen."""
+    model = models[0] if len(models) == 1 else average_models(models)
+    return with_tta(model) if tta else model
+
+
+def keep(tuner: kt.Tuner, data: PatchData, folds: Sequence[np.ndarray], cfg_eval: Mapping,
+         trainer: Mapping, refit: str, seed: int) -> Kept:
+    """Choose and build the model the run keeps, from validation predictions only."""
+    if refit not in REFIT:
+        raise ValueError(f"trainer.refit must be one of {', '.join(REFIT)}; got {refit!r}")
+    batch_size = int(trainer["batch_size"])
+    trials = best_trials(tuner, int(cfg_eval.get("ensemble", 1)))
+    members = [search_models(tuner, t, folds, data.split.val) for t in trials]
+    tta = cfg_eval.get("tta", False)
+    val = out_of_fold(data, members, batch_size, tta=False)
+    if tta == "auto":
+        with_aug = out_of_fold(data, members, batch_size, tta=True)
+        tta = with_aug.auc > val.auc
+        log.info("eval.tta=auto: validation AUC %.4f with test-time augmentation, %.4f without: %s",
+                 with_aug.auc, val.auc, "on" if tta else "off")
+        val = with_aug if tta else val
+    elif tta:
+        val = out_of_fold(data, members, batch_size, tta=True)
+    searched = one_model([m for trial_models in members for m, _ in trial_models], bool(tta))
+    trial_ids = ", ".join(t.trial_id for t in trials)
+    which = f"trial {trial_ids}" if len(trials) == 1 else f"the {len(trials)} best trials ({trial_ids}) averaged"
+    augmented = ", with test-time augmentation (8 flips/turns)" if tta else ""
+    has_test = data.split.test.size > 0
+    if refit == "none":
+        models = f"its {len(folds)} patient-fold models averaged" if folds else "its model"
+        return Kept(searched, val, searched if has_test else None, trials, bool(tta),
+                    f"kept: {which}, {models}{augmented}; test metrics: that model")
+    rows = refit_rows(data, refit)
+    refit_models = [refit_model(tuner, t, data, rows, trainer, seed) for t in trials]
+    kept = one_model(refit_models, bool(tta))
+    if refit == "trainval":
+        return Kept(kept, val, kept if has_test else None, trials, bool(tta),
+                    f"kept: {which}, refit on every non-test patient{augmented}; test metrics: that model")
+    return Kept(kept, val, searched if has_test else None, trials, bool(tta),
+                f"kept: {which}, refit on every patient, test ones included{augmented}; test metrics: the "
+                "search's models before that refit (the kept model has seen the test patients)")
