@@ -46,6 +46,9 @@ prepare: $(STAMP) ## index and cache a dataset only: make prepare ARGS="data=idc
 bench: $(STAMP) ## ingest and training benchmarks on a full-size synthetic IDC tree (writes bench/results.md)
 	$(BIN)/python bench/run.py
 
+bench-quality: $(STAMP) ## leave-patients-out quality on ../shared/data/idc-mini, row by row, resumable (writes bench/quality.md) [ARGS="--rows NAME ..."]
+	$(BIN)/python bench/quality.py $(ARGS)
+
 search-distributed: $(STAMP) ## a KerasTuner chief and WORKERS (2) workers on loopback sharing one search [ARGS=overrides DIR=folder GPUS=0,1]
 	$(BIN)/python -m histo_exp.launch --workers $(WORKERS) $(if $(DIR),--dir $(DIR)) $(if $(GPUS),--gpus $(GPUS)) $(ARGS)
 
