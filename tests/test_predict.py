@@ -71,6 +71,17 @@ def test_a_patient_tree_gives_rows_and_maps(saved, tiny_root, tmp_path):
     assert sorted(p.name for p in (tmp_path / "p_maps").iterdir()) == [f"{90001 + i}.png" for i in range(6)]
 
 
+def test_linked_patient_folders_are_predicted_like_real_ones(model_path, tiny_root, tmp_path):
+    """A tree of links to patient folders (how one picks patients without copying them) is a tree."""
+    linked = tmp_path / "picked"
+    linked.mkdir()
+    for patient in ("90001", "90004"):
+        (linked / patient).symlink_to(tiny_root / patient, target_is_directory=True)
+    table = rows(main([f"model={model_path}", f"input={linked}", f"output={tmp_path}/p.csv"]))
+    assert len(table) == 80 and {r["patient"] for r in table} == {"90001", "90004"}
+    assert all(r["error"] == "" for r in table)
+
+
 def test_one_file_and_bad_files_get_rows_not_crashes(model_path, tiny_root, tmp_path):
     one = next((tiny_root / "90001" / "1").iterdir())
     assert len(rows(main([f"model={model_path}", f"input={one}", f"output={tmp_path}/one.csv"]))) == 1

@@ -137,8 +137,9 @@ def index_files(source: str | os.PathLike) -> Manifest:
         root, files = source.parent, [source.name]
     elif source.is_dir():
         root = source
-        files = sorted(str(p.relative_to(source)) for p in source.rglob("*")
-                       if p.is_file() and p.name.lower().endswith(IMAGE_SUFFIXES))
+        files = sorted(str((Path(folder) / name).relative_to(source))  # linked folders too, unlike rglob
+                       for folder, _, names in os.walk(source, followlinks=True) for name in names
+                       if name.lower().endswith(IMAGE_SUFFIXES))
     else:
         raise DatasetError(f"input {str(source)!r} is neither a file nor a folder")
     if not files:
