@@ -36,7 +36,15 @@ REPO = HERE.parent
 RESULTS = HERE / "quality"  # one gzipped CSV (+ JSON timing) per row, seed and fold
 DATA = REPO.parent / "shared" / "data" / "idc-mini"
 MIXED = ("8863", "8864", "8867")  # the only patients with class 0 patches
-SMALL = ("tuner.max_trials=4", "trainer.epochs=5")  # the comparison rows' search budget
+# Search budgets. "fixed": one trial of one mid-sized network, for the levers that do not choose
+# between trials (augmentation, colour, architecture, refit, TTA); "small": a 4-trial search, for
+# those that do (patient folds, ensembles); "full": the defaults' search.
+BUDGETS = {
+    "fixed": ("tuner.max_trials=1", "model.blocks=2", "model.filters=32", "model.kernel_size=3",
+              "model.activation=relu", "optimizer.learning_rate=0.001", "trainer.epochs=5"),
+    "small": ("tuner.max_trials=4", "trainer.epochs=5"),
+    "full": (),
+}
 
 
 # Every lever off, as the defaults were before the levers existed: each row names only what it changes,
@@ -52,19 +60,18 @@ class Row:
     name: str
     overrides: tuple[str, ...] = ()
     seeds: tuple[int, ...] = (1,)
-    small: bool = True  # the smaller search of SMALL instead of the full defaults
+    budget: str = "fixed"  # a key of BUDGETS
     base: bool = True  # on top of BASE (False: on top of the current defaults of data=idc)
 
     def command(self, seed: int) -> list[str]:
         settings = dict(BASE) if self.base else {}
-        settings |= dict(o.split("=", 1) for o in self.overrides)
-        return ["data=idc", "data.test_fraction=0", f"seed={seed}", *(SMALL if self.small else ()),
-                *(f"{k}={v}" for k, v in settings.items())]
+        settings |= dict(o.split("=", 1) for o in (*BUDGETS[self.budget], *self.overrides))
+        return ["data=idc", "data.test_fraction=0", f"seed={seed}", *(f"{k}={v}" for k, v in settings.items())]
 
 
 ROWS = [
-    Row("before", (), (1, 2), small=False),  # the defaults of data=idc before this benchmark, full search
-    Row("small"),  # the comparison rows' baseline: the same with the smaller search
+    Row("before", (), (1, 2), budget="full"),  # the defaults of data=idc before this benchmark
+    Row("fixed"),  # the baseline of the "fixed" rows below: every lever off
     Row("gray", ("data.color=gray",)),
     Row("no-flip-rotate", ("data.augment.flip=false", "data.augment.rotate90=false")),
     Row("hed-0.05", ("data.augment.hed=0.05",)),
@@ -72,12 +79,13 @@ ROWS = [
     Row("bright-contrast-0.1", ("data.augment.brightness=0.1", "data.augment.contrast=0.1")),
     Row("sat-hue", ("data.augment.saturation=0.2", "data.augment.hue=0.05")),
     Row("gray-hed-0.05", ("data.color=gray", "data.augment.hed=0.05")),
-    Row("cv-2", ("tuner.cv_folds=2",)),
     Row("refit-trainval", ("trainer.refit=trainval",)),
-    Row("ensemble-3", ("eval.ensemble=3",)),
     Row("tta", ("eval.tta=true",)),
     Row("batch-norm", ("model.batch_norm=true",)),
     Row("gap-head", ("model.head=gap",)),
+    Row("small", budget="small"),  # the baseline of the "small" rows below
+    Row("small-cv-2", ("tuner.cv_folds=2",), budget="small"),
+    Row("small-ensemble-3", ("eval.ensemble=3",), budget="small"),
 ]
 
 
@@ -192,7 +200,7 @@ def table(all_folds: list[Fold]) -> str:
                 continue
             pp = " / ".join(f"{m['per_patient'][p]:.3f}" for p in MIXED)
             folds_auc = " ".join(f"{a:.3f}" for a in m["fold_auc"])
-            search = "small" if row.small else "defaults"
+            search = row.budget
             lines.append(f"| {row.name} | `{' '.join(row.overrides) or '-'}` | {search} | {seed} | {m['auc']:.4f} | "
                          f"{m['bal_acc']:.4f} | {pp} | {folds_auc} | {max(m['train_s']):.0f} |")
     return "\n".join(lines)
@@ -208,8 +216,8 @@ def write_report(all_folds: list[Fold]) -> None:
         "Each row trains through the real CLI (`python -m histo_exp data=idc data.test_fraction=0 ...`) on the "
         "patients outside a fold and predicts the fold's left-out patients with `python -m histo_exp.predict`; "
         "the three folds' predictions are pooled. Balanced accuracy is at each model's own saved threshold. "
-        f"\"small\" rows search with `{' '.join(SMALL)}` on one seed; \"defaults\" rows run the full search of the "
-        "defaults. Rows change only what their overrides say, on top of every lever off: "
+        "Search budgets: " + "; ".join(f"{name}: `{' '.join(o) or 'the defaults'}`" for name, o in BUDGETS.items())
+        + ". Rows change only what their overrides say, on top of every lever off: "
         f"`{' '.join(f'{k}={v}' for k, v in BASE.items())}`.\n\n"
         f"{fold_lines}\n\n{table(all_folds)}\n")
 
@@ -223,7 +231,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.list:
         for row in ROWS:
-            print(f"{row.name:22s} seeds {row.seeds}  {'small' if row.small else 'defaults'}  {' '.join(row.overrides)}")
+            print(f"{row.name:22s} seeds {row.seeds}  {row.budget:6s} {' '.join(row.overrides)}")
         return
     wanted = [r for r in ROWS if not args.rows or r.name in args.rows]
     unknown = set(args.rows or ()) - {r.name for r in ROWS}
