@@ -74,6 +74,17 @@ def test_a_run_id_without_a_store_is_an_error_that_creates_no_store(tmp_path, ti
     assert written(tmp_path, "tree") == []
 
 
+@pytest.mark.parametrize("module, args", [
+    ("predict", ["model=0123456789abcdef", "input=tree"]),
+    ("trials", ["source=0123456789abcdef"]),
+])
+def test_a_run_id_with_logger_none_says_there_is_no_store(tmp_path, tiny_root, module, args):
+    (tmp_path / "tree").symlink_to(tiny_root)
+    done = command(tmp_path, module, *args, "logger=none")
+    assert done.returncode != 0 and "no MLflow store to look this up in (logger=none)" in done.stderr
+    assert written(tmp_path, "tree") == []
+
+
 def test_a_model_that_is_not_there_leaves_no_output_folder(tmp_path, tiny_root):
     done = command(tmp_path, "predict", "model=missing.keras", f"input={tiny_root}", "output=res/p.csv",
                    f"tracking_uri=sqlite:///{tmp_path.parent}/{tmp_path.name}-elsewhere.db")

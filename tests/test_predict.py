@@ -72,12 +72,13 @@ def test_a_patient_tree_gives_rows_and_maps(saved, tiny_root, tmp_path):
 
 
 def test_linked_patient_folders_are_predicted_like_real_ones(model_path, tiny_root, tmp_path):
-    """A tree of links to patient folders (how one picks patients without copying them) is a tree."""
+    """A tree of links to patient folders (how one picks patients without copying them) is a tree;
+    a model file needs no tracking store (logger=none)."""
     linked = tmp_path / "picked"
     linked.mkdir()
     for patient in ("90001", "90004"):
         (linked / patient).symlink_to(tiny_root / patient, target_is_directory=True)
-    table = rows(main([f"model={model_path}", f"input={linked}", f"output={tmp_path}/p.csv"]))
+    table = rows(main([f"model={model_path}", f"input={linked}", f"output={tmp_path}/p.csv", "logger=none"]))
     assert len(table) == 80 and {r["patient"] for r in table} == {"90001", "90004"}
     assert all(r["error"] == "" for r in table)
 

@@ -11,9 +11,12 @@ from mlflow.tracking import MlflowClient
 from histo_exp.tracking.base import KERAS_RUN_ARTIFACT, MODEL_NAME, TRIAL_ID
 
 
-def reader(tracking_uri: str) -> MlflowClient:
+def reader(tracking_uri: str | None) -> MlflowClient:
     """A client for reading an existing store: a SQLite file that is not there is an error, not
     a new empty store (a command that fails writes nothing)."""
+    if not tracking_uri or tracking_uri == "None":
+        raise FileNotFoundError("no MLflow store to look this up in (logger=none): pass a file, or drop logger=none "
+                                "or pass tracking_uri=... to name the store")
     if tracking_uri.startswith("sqlite:///") and not Path(tracking_uri.removeprefix("sqlite:///")).is_file():
         raise FileNotFoundError(f"no MLflow store at {tracking_uri}: run from the folder the search ran in, "
                                 "or pass tracking_uri=... for another store")
