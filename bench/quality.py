@@ -52,7 +52,7 @@ BUDGETS = {
 BASE = {"data.color": "rgb", "data.augment.flip": "true", "data.augment.rotate90": "true", "data.augment.hed": "0",
         "data.augment.brightness": "0", "data.augment.contrast": "0", "data.augment.saturation": "0",
         "data.augment.hue": "0", "tuner.cv_folds": "1", "trainer.refit": "none", "eval.ensemble": "1",
-        "eval.tta": "false", "model.batch_norm": "false", "model.head": "flatten"}
+        "eval.tta": "false", "model.batch_norm": "false", "model.head": "flatten", "model.convs_per_block": "1"}
 
 
 @dataclass(frozen=True)
@@ -83,6 +83,7 @@ ROWS = [
     Row("tta", ("eval.tta=true",)),
     Row("batch-norm", ("model.batch_norm=true",)),
     Row("gap-head", ("model.head=gap",)),
+    Row("convs-2", ("model.convs_per_block=2",)),
     Row("small", budget="small"),  # the baseline of the "small" rows below
     Row("small-cv-2", ("tuner.cv_folds=2",), budget="small"),
     Row("small-ensemble-3", ("eval.ensemble=3",), budget="small"),
