@@ -104,3 +104,11 @@ def saved_model_test_auc(output_dir: str | Path, data_root: str | Path, batch_si
     labels = manifest.labels[rows]
     assert set(np.unique(labels)) == {0, 1}, "the test patients hold one class only"
     return float(roc_auc_score(labels, prob))
+
+
+def flat_layers(model) -> list:
+    """The model's layers, with those of any nested model (input layers in front of the network) in place."""
+    import keras
+
+    return [inner for layer in model.layers
+            for inner in (flat_layers(layer) if isinstance(layer, keras.Model) else [layer])]

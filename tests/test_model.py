@@ -14,7 +14,7 @@ from histo_exp.model.cnn import block_widths, build_cnn, max_blocks
 from histo_exp.model.hypermodel import SpaceHyperModel
 from histo_exp.model.saving import load_model
 
-from helpers import TINY, predict
+from helpers import TINY, flat_layers, predict
 from helpers import hypermodel as make_hypermodel
 
 
@@ -95,12 +95,6 @@ def configs(model: keras.Model) -> list[tuple[str, dict]]:
     """Each layer's class and config, less its (generated) name."""
     return [(type(layer).__name__, {k: v for k, v in layer.get_config().items() if k != "name"})
             for layer in model.layers]
-
-
-def flat_layers(model: keras.Model) -> list[keras.layers.Layer]:
-    """The model's layers, with those of any nested model (input layers in front of the network) in place."""
-    return [inner for layer in model.layers
-            for inner in (flat_layers(layer) if isinstance(layer, keras.Model) else [layer])]
 
 
 def kinds(model: keras.Model) -> list[str]:

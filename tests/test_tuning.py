@@ -8,7 +8,7 @@ from mlflow.tracking import MlflowClient
 from histo_exp import runner
 from histo_exp.model.hypermodel import SpaceHyperModel
 
-from helpers import predict, saved_model_test_auc
+from helpers import flat_layers, predict, saved_model_test_auc
 
 
 class FirstFitFails(SpaceHyperModel):
@@ -144,6 +144,6 @@ def test_mixed_bfloat16_trains_end_to_end(compose_cfg):
     recomputed = saved_model_test_auc(cfg.paths.output_dir, cfg.data.root, int(cfg.trainer.batch_size))
     assert metrics["test_auc"] == pytest.approx(recomputed, abs=1e-3)
     model = keras.models.load_model(f"{cfg.paths.output_dir}/best_model.keras", compile=False)
-    conv = next(layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D))
+    conv = next(layer for layer in flat_layers(model) if isinstance(layer, keras.layers.Conv2D))
     assert conv.dtype_policy.name == "mixed_bfloat16" and conv.compute_dtype == "bfloat16"
     assert model.layers[-1].dtype_policy.name == "float32"
