@@ -49,7 +49,7 @@ BUDGETS = {
 
 # Every lever off, as the defaults were before the levers existed: each row names only what it changes,
 # so a row means the same after the defaults of data=idc move.
-BASE = {"data.color": "rgb", "data.augment.flip": "true", "data.augment.rotate90": "true", "data.augment.hed": "0",
+BASE = {"data.color": "rgb", "data.normalize": "none", "data.augment.flip": "true", "data.augment.rotate90": "true", "data.augment.hed": "0",
         "data.augment.brightness": "0", "data.augment.contrast": "0", "data.augment.saturation": "0",
         "data.augment.hue": "0", "tuner.cv_folds": "1", "trainer.refit": "none", "eval.ensemble": "1",
         "eval.tta": "false", "model.batch_norm": "false", "model.head": "flatten", "model.convs_per_block": "1"}
@@ -79,6 +79,8 @@ ROWS = [
     Row("bright-contrast-0.1", ("data.augment.brightness=0.1", "data.augment.contrast=0.1")),
     Row("sat-hue", ("data.augment.saturation=0.2", "data.augment.hue=0.05")),
     Row("gray-hed-0.05", ("data.color=gray", "data.augment.hed=0.05")),
+    Row("normalize", ("data.normalize=per_patch",)),
+    Row("normalize-hed-0.05", ("data.normalize=per_patch", "data.augment.hed=0.05")),
     Row("refit-trainval", ("trainer.refit=trainval",)),
     Row("tta", ("eval.tta=true",)),
     Row("batch-norm", ("model.batch_norm=true",)),

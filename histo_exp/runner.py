@@ -135,7 +135,8 @@ def build_tuner(cfg: DictConfig, data: PatchData, tracker: Tracker) -> kt.Tuner:
         early_stopping_patience=trainer.get("early_stopping_patience"),
         steps_per_epoch=trainer.get("steps_per_epoch"), class_weight=weights,
         precision=str(trainer.get("precision", "float32")),
-        augment=cfg.data.get("augment") or {}, gray=cfg.data.color == "gray", seed=int(cfg.seed),
+        augment=cfg.data.get("augment") or {}, gray=cfg.data.color == "gray",
+        normalize=str(cfg.data.get("normalize", "none")), seed=int(cfg.seed),
     )
     return tuner_from_config(cfg.tuner, hypermodel, tracker, cv_folds(cfg, data))
 

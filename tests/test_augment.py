@@ -19,6 +19,7 @@ from histo_exp.model.augment import (
     HEDJitter,
     RandomDihedral,
     RandomSaturation,
+    StandardizeColour,
     ToGray,
     hed_to_rgb,
     input_layers,
@@ -202,6 +203,25 @@ def test_to_gray_is_cv2s_luminance_in_training_and_inference():
         np.testing.assert_allclose(y, want, atol=1.0)  # cv2 rounds to whole grey levels
     model = keras.Sequential([keras.Input(x.shape[1:]), *input_layers(**ALL, gray=True, seed=0)])
     np.testing.assert_allclose(model.predict(x, verbose=0), want, atol=1.0)
+
+
+def test_per_patch_normalisation_gives_every_patch_the_same_colour_statistics_at_inference_too(tmp_path):
+    x = images(4)
+    x[1] = x[0] * 0.5 + 60.0  # the same tissue, paler
+    x[2, ..., 0] *= 0.3
+    x[3] = 200.0  # a flat patch
+    model = keras.Sequential([keras.Input(x.shape[1:]), *input_layers(**NONE, normalize="per_patch")])
+    y = model.predict(x, verbose=0)
+    assert y.shape == x.shape and y.dtype == np.float32
+    np.testing.assert_allclose(y[:3].mean(axis=(1, 2)), 128.0, atol=3.0)  # clipping moves it a little
+    np.testing.assert_allclose(y[:3].std(axis=(1, 2)), 48.0, atol=3.0)
+    np.testing.assert_allclose(y[3], 128.0)  # no spread to scale: its mean only
+    np.testing.assert_allclose(y[1], y[0], atol=1e-3)  # the paler copy looks the same to the network
+    np.testing.assert_allclose(np.asarray(StandardizeColour()(x)), y, atol=1e-4)
+    path = save_model(model, tmp_path / "m.keras", {})
+    np.testing.assert_allclose(load_model(path)[0].predict(x, verbose=0), y, atol=1e-5)
+    with pytest.raises(ValueError, match="none or per_patch"):
+        input_layers(normalize="yes")
 
 
 def test_same_seed_same_batch_on_tensorflow():

@@ -256,6 +256,29 @@ class ToGray(_Float32Layer):
         return (*input_shape[:-1], 1)
 
 
+@keras.saving.register_keras_serializable(package="histo_exp")
+class StandardizeColour(_Float32Layer):
+    """Each patch's channels moved to a fixed mean and spread (128 and 48 grey levels), in training and
+    inference alike: a per-patch Reinhard-style colour normalisation, so a patient's overall stain
+    colour and intensity stop being a feature. A flat patch keeps its mean only."""
+
+    def __init__(self, mean: float = 128.0, std: float = 48.0, **kwargs):
+        super().__init__(**kwargs)
+        self.mean, self.std = float(mean), float(std)
+
+    def call(self, inputs):
+        x = ops.cast(inputs, "float32")
+        mean = ops.mean(x, axis=(1, 2), keepdims=True)
+        spread = ops.sqrt(ops.mean(ops.square(x - mean), axis=(1, 2), keepdims=True))
+        return ops.clip((x - mean) / ops.maximum(spread, 1.0) * self.std + self.mean, 0.0, 255.0)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "mean": self.mean, "std": self.std}
+
+
 # Fixed per kind, so turning one augmentation on or off leaves the others' random streams unchanged.
 _SEED_OFFSETS = {"dihedral": 1, "hed": 2, "brightness": 3, "contrast": 4, "saturation": 5, "hue": 6}
 
@@ -274,6 +297,7 @@ def input_layers(
     saturation: float = 0.0,
     hue: float = 0.0,
     gray: bool = False,
+    normalize: str = "none",
     seed: int | None = None,
 ) -> list[keras.layers.Layer]:
     """The layers to put between ``keras.Input`` and the model: geometry, stain, colour, then gray.
@@ -287,7 +311,8 @@ def input_layers(
     - ``contrast``: each channel's distance from its mean times U(1-contrast, 1+contrast), 0..1.
     - ``saturation``: HSV saturation times U(1-saturation, 1+saturation), 0..1.
     - ``hue``: turn the hue by up to +-hue of a full turn (0.05 = +-18 degrees), 0..0.5.
-    - ``gray``: end with ``ToGray`` (always active): the network sees one channel.
+    - ``gray``: ``ToGray`` after them (always active): the network sees one channel.
+    - ``normalize``: ``per_patch`` ends with ``StandardizeColour`` (always active); ``none`` does not.
 
     ``seed`` fixes every layer's random stream (each layer gets its own seed derived from it); None
     draws fresh seeds.
@@ -310,4 +335,8 @@ def input_layers(
         layers.append(RandomHue(2.0 * hue, value_range=(0, 255), seed=_seed(seed, "hue")))
     if gray:
         layers.append(ToGray())
+    if normalize not in ("none", "per_patch"):
+        raise ValueError(f"data.normalize must be none or per_patch; got {normalize!r}")
+    if normalize == "per_patch":
+        layers.append(StandardizeColour())
     return layers

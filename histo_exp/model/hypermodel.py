@@ -59,6 +59,7 @@ class SpaceHyperModel(kt.HyperModel):
         precision: str = "float32",
         augment: Mapping | None = None,
         gray: bool = False,
+        normalize: str = "none",
         seed: int | None = None,
     ) -> None:
         super().__init__(name=str(model.keywords.get("name", model.func.__name__)))
@@ -74,6 +75,7 @@ class SpaceHyperModel(kt.HyperModel):
         self.precision = precision
         self.augment_space = dict(to_plain(augment or {}))
         self.gray = gray
+        self.normalize = normalize
         self.seed = seed
 
     def build(self, hp: kt.HyperParameters) -> keras.Model:
@@ -82,7 +84,7 @@ class SpaceHyperModel(kt.HyperModel):
         The saved model takes the cached RGB patches either way, so prediction needs nothing new.
         """
         augment = {"flip": False, "rotate90": False, **sample(hp, self.augment_space)}  # unset: off
-        front = input_layers(**augment, gray=self.gray, seed=self.seed)
+        front = input_layers(**augment, gray=self.gray, normalize=self.normalize, seed=self.seed)
         channels = 1 if self.gray else self.input_shape[-1]
         net = self.build_model((*self.input_shape[:-1], channels), **sample(hp, self.model_space),
                                dtype=self.precision)
