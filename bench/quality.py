@@ -236,7 +236,8 @@ def main() -> None:
         for row in ROWS:
             print(f"{row.name:22s} seeds {row.seeds}  {row.budget:6s} {' '.join(row.overrides)}")
         return
-    wanted = [r for r in ROWS if not args.rows or r.name in args.rows]
+    by_name = {r.name: r for r in ROWS}
+    wanted = [by_name[n] for n in args.rows if n in by_name] if args.rows else ROWS  # in the order asked
     unknown = set(args.rows or ()) - {r.name for r in ROWS}
     if unknown:
         sys.exit(f"unknown rows {sorted(unknown)}; --list shows them")
