@@ -59,7 +59,7 @@ BASE = {"data.color": "rgb", "data.normalize": "none", "data.augment.flip": "tru
 class Row:
     name: str
     overrides: tuple[str, ...] = ()
-    seeds: tuple[int, ...] = (1,)
+    seeds: tuple[int, ...] = (1, 2, 3)  # one trial of one network swings with the seed: three of them
     budget: str = "fixed"  # a key of BUDGETS
     base: bool = True  # on top of BASE (False: on top of the current defaults of data=idc)
 
