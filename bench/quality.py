@@ -197,15 +197,21 @@ def table(all_folds: list[Fold]) -> str:
     lines = ["| row | overrides | search | seed | pooled AUC | bal. acc. | AUC 8863 / 8864 / 8867 | fold AUCs | "
              "train s per fold (max) |", "|---|---|---|---|---|---|---|---|---|"]
     for row in ROWS:
+        done = []
         for seed in row.seeds:
             m = pooled(row, seed, all_folds)
             if m is None:
                 continue
+            done.append(m)
             pp = " / ".join(f"{m['per_patient'][p]:.3f}" for p in MIXED)
             folds_auc = " ".join(f"{a:.3f}" for a in m["fold_auc"])
             search = row.budget
             lines.append(f"| {row.name} | `{' '.join(row.overrides) or '-'}` | {search} | {seed} | {m['auc']:.4f} | "
                          f"{m['bal_acc']:.4f} | {pp} | {folds_auc} | {max(m['train_s']):.0f} |")
+        if len(done) > 1:
+            auc, acc = (np.array([m[k] for m in done]) for k in ("auc", "bal_acc"))
+            lines.append(f"| {row.name} | | | mean of {len(done)} | **{auc.mean():.4f}** (min {auc.min():.4f}) | "
+                         f"**{acc.mean():.4f}** (min {acc.min():.4f}) | | | |")
     return "\n".join(lines)
 
 
