@@ -101,3 +101,14 @@ def test_a_run_without_test_patients_reports_validation_only(run_cli, tmp_path):
     assert "val_auc" in search.data.metrics and not any(k.startswith("test_") for k in search.data.metrics)
     parts = split_parts(client.download_artifacts(search.info.run_id, "split.csv", str(tmp_path)))
     assert set(parts.values()) == {"train", "val"} and len(parts) == 6
+
+
+def test_hyperband_refuses_patient_folds(compose_cfg):
+    """Hyperband resumes trials from earlier trials' weights: across folds that would leak patients."""
+    from hydra.errors import InstantiationException
+
+    from histo_exp.tuning.tuners import tuner_from_config
+
+    cfg = compose_cfg("tuner=hyperband", "debug=fast")
+    with pytest.raises(InstantiationException, match="tuner=hyperband .* tuner.cv_folds"):
+        tuner_from_config(cfg.tuner, None, None, folds=[("train", "val"), ("train", "val")])

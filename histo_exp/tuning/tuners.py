@@ -40,6 +40,10 @@ class TrackedTuner:
 
     def __init__(self, *args: Any, tracker: Tracker | None = None, folds: Sequence[tuple[Any, Any]] = (),
                  **kwargs: Any) -> None:
+        if folds and isinstance(self, kt.Hyperband):
+            raise ValueError("tuner=hyperband continues a trial from an earlier trial's weights, which with "
+                             "tuner.cv_folds > 1 would carry one fold's training patients into another fold's "
+                             "validation: use tuner=bayesian or tuner=random with patient folds")
         self.tracker = tracker or NullTracker()
         self.folds = list(folds)  # (train, validation) batches per patient fold; none: the one split
         self.fold = 0
