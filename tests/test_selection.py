@@ -112,3 +112,17 @@ def test_hyperband_refuses_patient_folds(compose_cfg):
     cfg = compose_cfg("tuner=hyperband", "debug=fast")
     with pytest.raises(InstantiationException, match="tuner=hyperband .* tuner.cv_folds"):
         tuner_from_config(cfg.tuner, None, None, folds=[("train", "val"), ("train", "val")])
+
+
+def test_cv_folds_auto_cross_validates_few_patients_only(compose_cfg, tiny_root, tmp_path):
+    from histo_exp.data.dataset import load
+    from histo_exp.runner import cv_folds
+
+    cfg = compose_cfg("data=idc", f"data.root={tiny_root}", "tuner.cv_folds=auto", "tuner.cv_auto_folds=2")
+    data = load(cfg.data, progress=False)
+    folds = cv_folds(cfg, data)
+    assert len(folds) == 2  # 4 non-test patients: few
+    non_test = set(data.patients[data.split.train]) | set(data.patients[data.split.val])
+    assert set().union(*(set(data.patients[val.indices]) for _, val in folds)) == non_test
+    cfg.tuner.cv_auto_max_patients = 3
+    assert cv_folds(cfg, data) == []  # more patients than that: the one validation split
