@@ -15,7 +15,6 @@ import numpy as np
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from sklearn.exceptions import ConvergenceWarning
-from sklearn.utils.class_weight import compute_class_weight
 
 from histo_exp import __version__
 from histo_exp.config import config_yaml
@@ -24,7 +23,7 @@ from histo_exp.data.dataset import PatchData, load
 from histo_exp.data.split import patient_folds
 from histo_exp.evaluation.evaluate import Evaluation, evaluate
 from histo_exp.evaluation.plots import plot_trials
-from histo_exp.model.hypermodel import SpaceHyperModel
+from histo_exp.model.hypermodel import SpaceHyperModel, balanced_weights
 from histo_exp.model.saving import save_model
 from histo_exp.tracking import KEPT, NullTracker, Tracker, ending_runs, flatten
 from histo_exp.trials import from_tuner_dir, trials_csv
@@ -95,8 +94,7 @@ def class_weight(data: PatchData, mode: str | None) -> dict[int, float] | None:
         return None
     if mode != "auto":
         raise ValueError(f"trainer.class_weight must be auto or none; got {mode!r}")
-    weights = compute_class_weight("balanced", classes=np.array([0, 1]), y=data.labels[data.split.train])
-    return {0: float(weights[0]), 1: float(weights[1])}
+    return balanced_weights(data.labels[data.split.train])
 
 
 def cv_folds(cfg: DictConfig, data: PatchData) -> list[tuple[PatchBatches, PatchBatches]]:

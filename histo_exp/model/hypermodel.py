@@ -14,12 +14,20 @@ from typing import Any
 
 import keras
 import keras_tuner as kt
+import numpy as np
+from sklearn.utils.class_weight import compute_class_weight
 
 from histo_exp.model.augment import input_layers
 from histo_exp.model.cnn import IdcAUC, max_blocks
 from histo_exp.space import sample, to_plain
 
 log = logging.getLogger(__name__)
+
+
+def balanced_weights(labels: np.ndarray) -> dict[int, float]:
+    """scikit-learn's balanced class weights (inverse class frequency; they average to 1 per patch)."""
+    weights = compute_class_weight("balanced", classes=np.array([0, 1]), y=labels)
+    return {0: float(weights[0]), 1: float(weights[1])}
 
 
 def bound_blocks(model_cfg: Mapping, image_size: int) -> dict:

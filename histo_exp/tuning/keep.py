@@ -20,6 +20,7 @@ from histo_exp.data.dataset import PatchData
 from histo_exp.evaluation.evaluate import predict
 from histo_exp.evaluation.metrics import Scores
 from histo_exp.model.ensemble import average_models, with_tta
+from histo_exp.model.hypermodel import balanced_weights
 from histo_exp.tuning.tuners import fold_checkpoint, format_hparams, read_fold_results
 
 log = logging.getLogger(__name__)
@@ -97,9 +98,10 @@ def refit_model(tuner: kt.Tuner, trial: kt.engine.trial.Trial, data: PatchData, 
     patients = np.unique(data.patients[rows]).size
     log.info("refit trial %s on %d patches of %d patients for %d epochs  [%s]", trial.trial_id, rows.size,
              patients, epochs, format_hparams(trial.hyperparameters.values))
+    weights = balanced_weights(data.labels[rows]) if hypermodel.class_weight else None  # for these patients
     model = hypermodel.build(trial.hyperparameters)
     model.fit(PatchBatches(data.images, data.labels, rows, int(trainer["batch_size"]), shuffle=True, seed=seed),
-              epochs=epochs, class_weight=hypermodel.class_weight, verbose=int(trainer.get("verbose", 1)),
+              epochs=epochs, class_weight=weights, verbose=int(trainer.get("verbose", 1)),
               steps_per_epoch=hypermodel.steps_per_epoch)
     return model
 
