@@ -121,15 +121,13 @@ def keep(tuner: kt.Tuner, data: PatchData, folds: Sequence[np.ndarray], cfg_eval
     trials = best_trials(tuner, int(cfg_eval.get("ensemble", 1)))
     members = [search_models(tuner, t, folds, data.split.val) for t in trials]
     tta = cfg_eval.get("tta", False)
-    val = out_of_fold(data, members, batch_size, tta=False)
+    val = out_of_fold(data, members, batch_size, tta=bool(tta) and tta != "auto")
     if tta == "auto":
         with_aug = out_of_fold(data, members, batch_size, tta=True)
         tta = with_aug.auc > val.auc
         log.info("eval.tta=auto: validation AUC %.4f with test-time augmentation, %.4f without: %s",
                  with_aug.auc, val.auc, "on" if tta else "off")
         val = with_aug if tta else val
-    elif tta:
-        val = out_of_fold(data, members, batch_size, tta=True)
     searched = one_model([m for trial_models in members for m, _ in trial_models], bool(tta))
     trial_ids = ", ".join(t.trial_id for t in trials)
     which = f"trial {trial_ids}" if len(trials) == 1 else f"the {len(trials)} best trials ({trial_ids}) averaged"

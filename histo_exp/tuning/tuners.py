@@ -57,8 +57,8 @@ class TrackedTuner:
         cross-validated trial scores the mean validation AUC of its folds. Each fold's weights
         are kept beside KerasTuner's checkpoint (which holds the last fold's).
         """
-        folds = self.folds or [(args[0] if args else kwargs.pop("x"), kwargs.pop("validation_data", None))]
-        kwargs.pop("validation_data", None)
+        val = kwargs.pop("validation_data", None)
+        folds = self.folds or [(args[0] if args else kwargs.pop("x"), val)]
         histories = []
         for self.fold, (train, val) in enumerate(folds):
             self.histories.append({})
