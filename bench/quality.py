@@ -237,6 +237,7 @@ def write_report(all_folds: list[Fold]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", nargs="*", help="row names to run (default: all, in order)")
+    parser.add_argument("--seeds", type=int, nargs="*", help="only these of each row's seeds (default: all)")
     parser.add_argument("--list", action="store_true", help="list the rows and exit")
     parser.add_argument("--data", type=Path, default=DATA, help="the idc-mini folder")
     parser.add_argument("--work", type=Path, default=Path.home() / ".cache" / "histo_exp" / "bench" / "quality")
@@ -254,7 +255,7 @@ def main() -> None:
     all_folds = folds(data)
     machine_line = machine()
     for row in wanted:
-        for seed in row.seeds:
+        for seed in (s for s in row.seeds if not args.seeds or s in args.seeds):
             for fold in all_folds:
                 if fold_file(row, seed, fold).exists():
                     continue
