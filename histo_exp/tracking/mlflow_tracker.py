@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from filelock import FileLock, Timeout
 from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
@@ -20,10 +22,39 @@ from histo_exp.tracking.models import log_pyfunc_model, register_version
 
 log = logging.getLogger(__name__)
 
+# How long a process waits for another to create the same SQLite store: creating the schema takes
+# seconds, so only a process stuck while holding the lock makes anyone wait this long.
+CREATION_WAIT_S = 300.0
+
 # MLflow's monitor logs its start and stop at INFO: once per trial, that is noise.
 logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
 
 PER_LAUNCH = ("paths.output_dir", "tuner.distributed.")  # differ at every launch: not worth a warning
+
+
+@contextlib.contextmanager
+def creation_lock(tracking_uri: str, timeout_s: float = CREATION_WAIT_S) -> Iterator[None]:
+    """Hold a lock file beside a SQLite store while its schema and experiment are made.
+
+    Processes that open a new store at once (a multirun's jobs, a chief and its workers, two
+    runs started by hand) otherwise race in MLflow's migrations and one dies. The OS releases
+    the lock of a killed holder. A server store needs none: the server makes its own schema.
+    """
+    if not tracking_uri.startswith("sqlite:///"):
+        yield
+        return
+    db = Path(tracking_uri.removeprefix("sqlite:///"))
+    db.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(db.with_name(f"{db.name}.lock"))
+    try:
+        lock.acquire(timeout=timeout_s)
+    except Timeout:
+        raise TimeoutError(f"another process has held {lock.lock_file} for over {timeout_s:.0f} s while "
+                           f"creating the MLflow store {db}: stop it and run again") from None
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 class MlflowTracker(Tracker):
@@ -38,10 +69,9 @@ class MlflowTracker(Tracker):
         self.registered_model_name = registered_model_name
         self.system_metrics = system_metrics
         self.system_metrics_interval = float(system_metrics_interval)
-        if tracking_uri.startswith("sqlite:///"):
-            Path(tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-        self.client = MlflowClient(tracking_uri=tracking_uri)
-        self.experiment_id = self._experiment(artifact_location)
+        with creation_lock(tracking_uri):
+            self.client = MlflowClient(tracking_uri=tracking_uri)
+            self.experiment_id = self._experiment(artifact_location)
         self.search_run_id: str | None = None
         self.trial_run_id: str | None = None
         self.model_id: str | None = None
