@@ -124,11 +124,14 @@ def ingest(
     if (folder / KEY).exists():
         log.info("reusing the decoded cache %s", folder)
         return _open(folder, built=False)
-    log.info("decoding %d patches into %s", len(manifest), folder)
     bar = tqdm(total=len(manifest), desc="decode", unit="patch", disable=not progress, mininterval=0.5)
+
+    def build(tmp: Path) -> None:  # only the process that holds the build lock gets here
+        log.info("decoding %d patches into %s", len(manifest), folder)
+        _build(tmp, manifest, key, workers, bar)
+
     with bar:
-        built = build_folder(folder, lambda tmp: _build(tmp, manifest, key, workers, bar),
-                             lambda final: (final / KEY).exists())
+        built = build_folder(folder, build, lambda final: (final / KEY).exists())
     if not built:
         log.info("reusing the decoded cache %s that another process built", folder)
     return _open(folder, built=built)
