@@ -108,7 +108,7 @@ def test_a_held_lock_times_out_with_what_to_do_and_a_killed_holder_releases_it(t
             holder.kill()  # SIGKILL: the OS must release its lock
     message = str(raised.value)
     assert str(lock_path(final)) in message and str(final) in message
-    assert "if no process is building it, delete that lock file" in message
+    assert f"if no process is doing that, delete {lock_path(final)}" in message
     assert build_folder(final, lambda tmp: tmp.mkdir(), lambda p: p.exists(), timeout_s=5)
     with FileLock(lock_path(final)).acquire(timeout=0):
         pass

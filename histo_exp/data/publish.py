@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import shutil
 import socket
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
-from filelock import FileLock, Timeout
+from histo_exp.locks import held
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +31,7 @@ def build_folder(final: Path, build: Callable[[Path], None], complete: Callable[
     if complete(final):
         return False
     final.parent.mkdir(parents=True, exist_ok=True)
-    with _build_lock(final, timeout_s):
+    with held(lock_path(final), f"builds {final}", timeout_s):
         if complete(final):
             return False
         _sweep_partials(final)
@@ -42,32 +41,6 @@ def build_folder(final: Path, build: Callable[[Path], None], complete: Callable[
 def lock_path(final: Path) -> Path:
     """The lock file of ``final``'s builders: beside it, so renaming the folder leaves it alone."""
     return final.with_name(f"{final.name}.lock")
-
-
-@contextlib.contextmanager
-def _build_lock(final: Path, timeout_s: float) -> Iterator[None]:
-    """Hold ``final``'s build lock; say once when waiting for another builder, fail after ``timeout_s``.
-
-    An flock: the OS releases it when its holder dies, even by SIGKILL, so a killed build never
-    blocks the next one; on NFS it serialises builders on different hosts too.
-    """
-    lock = FileLock(lock_path(final))
-    try:
-        lock.acquire(timeout=0)
-    except Timeout:
-        log.info("waiting for another process that builds %s (lock %s)", final, lock.lock_file)
-        try:
-            lock.acquire(timeout=timeout_s)
-        except Timeout:
-            raise TimeoutError(
-                f"another process has held {lock.lock_file} for over {timeout_s:.0f} s while building "
-                f"{final}: let it finish or stop it, then run again; if no process is building it, "
-                "delete that lock file"
-            ) from None
-    try:
-        yield
-    finally:
-        lock.release()
 
 
 def _partials(final: Path) -> list[Path]:

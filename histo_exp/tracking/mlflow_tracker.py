@@ -6,17 +6,17 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from filelock import FileLock, Timeout
 from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 from mlflow.utils.validation import MAX_DATASET_DIGEST_SIZE, MAX_PARAM_VAL_LENGTH, MAX_TAG_VAL_LENGTH
 
+from histo_exp.locks import held
 from histo_exp.tracking.base import ERROR, RESUMED, RETRY_OF, ROLE, TRIAL_ID, Tracker
 from histo_exp.tracking.models import log_pyfunc_model, register_version
 
@@ -32,29 +32,17 @@ logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
 PER_LAUNCH = ("paths.output_dir", "tuner.distributed.")  # differ at every launch: not worth a warning
 
 
-@contextlib.contextmanager
-def creation_lock(tracking_uri: str, timeout_s: float = CREATION_WAIT_S) -> Iterator[None]:
-    """Hold a lock file beside a SQLite store while its schema and experiment are made.
+def creation_lock(tracking_uri: str, timeout_s: float = CREATION_WAIT_S) -> contextlib.AbstractContextManager:
+    """A lock file beside a SQLite store, held while its schema and experiment are made.
 
     Processes that open a new store at once (a multirun's jobs, a chief and its workers, two
-    runs started by hand) otherwise race in MLflow's migrations and one dies. The OS releases
-    the lock of a killed holder. A server store needs none: the server makes its own schema.
+    runs started by hand) otherwise race in MLflow's migrations and one dies. A server store
+    needs none: the server makes its own schema.
     """
     if not tracking_uri.startswith("sqlite:///"):
-        yield
-        return
+        return contextlib.nullcontext()
     db = Path(tracking_uri.removeprefix("sqlite:///"))
-    db.parent.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(db.with_name(f"{db.name}.lock"))
-    try:
-        lock.acquire(timeout=timeout_s)
-    except Timeout:
-        raise TimeoutError(f"another process has held {lock.lock_file} for over {timeout_s:.0f} s while "
-                           f"creating the MLflow store {db}: stop it and run again") from None
-    try:
-        yield
-    finally:
-        lock.release()
+    return held(db.with_name(f"{db.name}.lock"), f"creates the MLflow store {db}", timeout_s)
 
 
 class MlflowTracker(Tracker):
