@@ -99,7 +99,7 @@ def test_prepare_indexes_and_caches_without_training(tmp_path, cache_dir):
     def prepare():
         return subprocess.run(
             [sys.executable, "-m", "histo_exp.prepare", "debug=fast"], cwd=tmp_path,
-            env=cli_env(cache_dir), capture_output=True, text=True, timeout=300,
+            env=cli_env(cache_dir), capture_output=True, text=True, timeout=600,
         )
 
     done = prepare()

@@ -87,7 +87,7 @@ def test_interrupted_search_resumes_without_repeating_trials(tmp_path, cache_dir
     proc = subprocess.Popen(args, cwd=tmp_path, env=cli_env(cache_dir), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     lines = []
-    deadline = time.time() + 240
+    deadline = time.time() + 480
     in_trial_1 = False
     for line in proc.stdout:  # stop trial 1 after its first epoch, with 24 still to go
         lines.append(line)
@@ -95,7 +95,7 @@ def test_interrupted_search_resumes_without_repeating_trials(tmp_path, cache_dir
         if (in_trial_1 and "/step" in line) or time.time() > deadline:
             break
     proc.send_signal(signal.SIGINT)
-    out, _ = proc.communicate(timeout=120)
+    out, _ = proc.communicate(timeout=300)
     first = "".join(lines) + out
     assert proc.returncode == 130 and "interrupted" in first, first[-3000:]
     _, search, trials = runs(tmp_path)
@@ -176,13 +176,13 @@ def test_an_interrupted_distributed_search_stops_cleanly_and_resumes(tmp_path, c
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=cli_env(cache_dir), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     lines = []
-    deadline = time.time() + 240
+    deadline = time.time() + 480
     for line in proc.stdout:  # the first epoch of the first trial, 29 to go
         lines.append(line)
         if "/step" in line or time.time() > deadline:
             break
     proc.send_signal(signal.SIGINT)
-    out, _ = proc.communicate(timeout=180)
+    out, _ = proc.communicate(timeout=300)
     first = "".join(lines) + out
     assert proc.returncode == 130 and "resume with --dir" in first, first[-3000:]
     left = subprocess.run(["pgrep", "-f", f"tuner.directory={tmp_path}/dist"], capture_output=True, text=True)
