@@ -54,7 +54,7 @@ def compose_cfg(tmp_path, cache_dir) -> Callable[..., DictConfig]:
 def run_cli(tmp_path, cache_dir) -> Callable[..., subprocess.CompletedProcess]:
     """Run ``python -m histo_exp`` as a user would, from a folder other than the repo."""
 
-    def _run(args: Sequence[str], timeout: int = 300) -> subprocess.CompletedProcess:
+    def _run(args: Sequence[str], timeout: int = 600) -> subprocess.CompletedProcess:
         return subprocess.run(
             [sys.executable, "-m", "histo_exp", *args],
             cwd=tmp_path, env=cli_env(cache_dir), capture_output=True, text=True, timeout=timeout,

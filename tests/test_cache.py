@@ -1,14 +1,18 @@
 """The decoded uint8 cache: built once, reused, rebuilt on change, never used half-written."""
 
+import logging
 import shutil
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
+from filelock import FileLock, Timeout
 
 from histo_exp.data.batches import PatchBatches
-from histo_exp.data.cache import KEY, ingest
+from histo_exp.data.cache import IMAGES, KEY, ingest
 from histo_exp.data.decode import decode
 from histo_exp.data.index import index
 
@@ -38,31 +42,47 @@ def test_changed_settings_or_files_make_a_new_cache(tiny_root, tmp_path):
     assert len(rebuilt.keep) == len(base.keep) - 1
 
 
-def test_a_killed_ingest_leaves_no_usable_cache(tiny_root, tmp_path):
-    """The process dies (no clean-up runs) after writing its first chunk."""
+def test_a_killed_ingest_leaves_no_usable_cache_and_the_next_sweeps_it(tiny_root, tmp_path, caplog):
+    """SIGKILL (no clean-up runs) after the first chunk is written; the OS drops the build lock."""
+    cache_dir, mid_build = tmp_path / "c", tmp_path / "mid-build"
     script = f"""
-import os
+import pathlib, time
 import histo_exp.data.cache as cache
 from histo_exp.data.index import index
 cache.CHUNK = 50
 real = cache.decode
 calls = []
-def dying(*a, **k):
+def stalling(*a, **k):
     calls.append(1)
     if len(calls) == 2:
-        os._exit(9)
+        pathlib.Path({str(mid_build)!r}).touch()
+        time.sleep(60)
     return real(*a, **k)
-cache.decode = dying
-cache.ingest(index({str(tiny_root)!r}), {str(tmp_path)!r}, 50, progress=False)
+cache.decode = stalling
+cache.ingest(index({str(tiny_root)!r}), {str(cache_dir)!r}, 50, progress=False)
 """
-    done = subprocess.run([sys.executable, "-c", script], env=cli_env(tmp_path), timeout=120)
-    assert done.returncode == 9
-    leftovers = list(tmp_path.iterdir())
-    assert leftovers and all(".partial-" in p.name for p in leftovers)
-    assert not any((p / KEY).exists() for p in leftovers)
-    cached = ingest(index(tiny_root), tmp_path, 50, progress=False)
-    assert cached.built and cached.keep.all()
+    builder = subprocess.Popen([sys.executable, "-c", script], env=cli_env(tmp_path))
+    try:
+        deadline = time.monotonic() + 60
+        while not mid_build.exists():
+            assert builder.poll() is None and time.monotonic() < deadline, "the ingest never got mid-build"
+            time.sleep(0.05)
+        (lock,) = cache_dir.glob("*.lock")
+        with pytest.raises(Timeout):
+            FileLock(lock).acquire(timeout=0)
+    finally:
+        builder.send_signal(signal.SIGKILL)
+    assert builder.wait(timeout=20) == -signal.SIGKILL
+    with FileLock(lock).acquire(timeout=5):
+        pass
+    (partial,) = [p for p in cache_dir.iterdir() if p.is_dir()]
+    assert ".partial-" in partial.name and (partial / IMAGES).exists() and not (partial / KEY).exists()
+    with caplog.at_level(logging.INFO, logger="histo_exp.data.publish"):
+        cached = ingest(index(tiny_root), cache_dir, 50, progress=False)
+    assert cached.built and cached.keep.all() and not partial.exists()
+    assert "removed 1 partial folder(s)" in caplog.text and "MiB reclaimed" in caplog.text
     assert np.array_equal(np.asarray(cached.images), decode(index(tiny_root), 50, progress=False).images)
+    assert not ingest(index(tiny_root), cache_dir, 50, progress=False).built
 
 
 def test_memory_map_batches_equal_the_decoded_images(tiny_root, tmp_path):
@@ -79,7 +99,7 @@ def test_prepare_indexes_and_caches_without_training(tmp_path, cache_dir):
     def prepare():
         return subprocess.run(
             [sys.executable, "-m", "histo_exp.prepare", "debug=fast"], cwd=tmp_path,
-            env=cli_env(cache_dir), capture_output=True, text=True, timeout=300,
+            env=cli_env(cache_dir), capture_output=True, text=True, timeout=600,
         )
 
     done = prepare()

@@ -79,7 +79,7 @@ def test_default_command_logs_a_search_with_its_trials(run_cli, tmp_path):
     predicted = subprocess.run(
         [sys.executable, "-m", "histo_exp.predict", f"model={run.info.run_id}", f"input={root}",
          "output=pred.csv"],
-        cwd=tmp_path, env=cli_env(tmp_path), capture_output=True, text=True, timeout=300,
+        cwd=tmp_path, env=cli_env(tmp_path), capture_output=True, text=True, timeout=600,
     )
     assert predicted.returncode == 0, predicted.stderr[-3000:]
     assert f"threshold {m['threshold']:.3f}" in predicted.stderr + predicted.stdout
@@ -132,7 +132,7 @@ def test_runs_under_the_jax_backend(tmp_path, cache_dir):
     done = subprocess.run(
         [sys.executable, "-m", "histo_exp", *TINY, "tuner.max_trials=1"],
         cwd=tmp_path, env={**cli_env(cache_dir), "KERAS_BACKEND": "jax"},
-        capture_output=True, text=True, timeout=300,
+        capture_output=True, text=True, timeout=600,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "on the jax backend" in done.stdout + done.stderr

@@ -146,6 +146,36 @@ def test_parallel_searches_log_the_same_dataset_without_a_unique_constraint_erro
     assert len(runs) == 6 and all(len(run.inputs.dataset_inputs) == 1 for run in runs)
 
 
+def _open_new_store(store: Path, go: Path) -> None:
+    """One process of the race below: wait for the start, then open the store and log a search."""
+    while not go.exists():
+        time.sleep(0.001)
+    t = tracker(store)
+    t.start_search({}, "", run_name="search")
+    t.end_search("FINISHED")
+
+
+def test_processes_that_open_a_new_store_at_once_all_get_it(tmp_path):
+    """Two runs started at once on a store that is not there yet: without the lock beside it, one of
+    them died in MLflow's migrations in 3 of 3 tries (alembic "Online migration expected to match one
+    row", "table ... already exists")."""
+    import multiprocessing
+
+    fork = multiprocessing.get_context("fork")  # histo_exp and MLflow are imported once, here
+    for attempt in range(4):
+        store, go = tmp_path / f"try{attempt}", tmp_path / f"go{attempt}"
+        procs = [fork.Process(target=_open_new_store, args=(store, go)) for _ in range(3)]
+        for p in procs:
+            p.start()
+        go.touch()
+        for p in procs:
+            p.join(120)
+        assert [p.exitcode for p in procs] == [0, 0, 0], f"attempt {attempt}"
+        client = tracker(store).client
+        assert [e.name for e in client.search_experiments()].count("histo_exp") == 1
+        assert len(client.search_runs([client.get_experiment_by_name("histo_exp").experiment_id])) == 3
+
+
 def test_log_model_is_a_logged_model_of_the_search_run(store, tmp_path, keras_file, patches, monkeypatch):
     import mlflow
     import mlflow.pyfunc

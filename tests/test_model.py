@@ -224,7 +224,7 @@ def test_a_search_over_the_options_saves_a_model_that_predicts(run_cli, tmp_path
     """The CLI searches the options (a bool and a str choice, a fixed int); predict reads its model."""
     done = run_cli([*TINY, "tuner.max_trials=1", "logger=none", "eval.bootstrap=20", "eval.max_maps=0",
                     "model.batch_norm={choice: [true]}", "model.head={choice: [gap]}",
-                    "model.convs_per_block=2"], timeout=240)
+                    "model.convs_per_block=2"], timeout=480)
     assert done.returncode == 0, done.stderr[-3000:]
     [out] = [p.parent for p in tmp_path.glob("outputs/*/*/best_model.keras")]
     with open(out / "trials.csv") as f:

@@ -11,12 +11,8 @@ import time
 from collections import Counter
 
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from hydra.utils import instantiate
 
 from helpers import TINY, cli_env, runs, saved_model_test_auc
-from histo_exp.config import CONFIG_DIR
 from histo_exp.launch import commands, device_env
 from histo_exp.tuning.folder import record_search_run, recorded_search_run, search_lock, wait_for_search_run
 from histo_exp.tuning.roles import kerastuner_env, role, tuner_env
@@ -82,36 +78,6 @@ def test_launcher_gives_every_process_the_same_folder_and_port(tmp_path):
     assert device_env(1, []) == {}
 
 
-@pytest.mark.parametrize("logger", ["mlflow", "none"])
-def test_a_multirun_makes_the_tracking_store_once_before_its_jobs(tmp_path, monkeypatch, logger):
-    """Parallel jobs (hydra/launcher=joblib or ray; run for real in test_end_to_end) must not race to
-    create the SQLite tables and the experiment: the sweep callback makes them first, once."""
-    from mlflow.tracking import MlflowClient
-
-    from histo_exp.hydra_callbacks import PrepareTrackingStore
-
-    monkeypatch.chdir(tmp_path)  # hydra.runtime.cwd, where the default store goes
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-            full = compose("config", overrides=["hydra/launcher=ray", f"logger={logger}"],
-                           return_hydra_config=True)
-    finally:
-        GlobalHydra.instance().clear()
-    callback = instantiate(full.hydra.callbacks.tracking_store)
-    assert isinstance(callback, PrepareTrackingStore)
-    callback.on_multirun_start(full)
-    if logger == "none":
-        assert list(tmp_path.iterdir()) == []
-        return
-    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlruns/mlflow.db")
-    exp = client.get_experiment_by_name("histo_exp")
-    assert exp is not None and exp.artifact_location == (tmp_path / "mlruns" / "artifacts").as_uri()
-    assert client.search_runs([exp.experiment_id]) == []  # the store only: the jobs log the runs
-    callback.on_multirun_start(full)  # a later sweep from the same folder reuses it
-    assert [e.experiment_id for e in client.search_experiments() if e.name == "histo_exp"] == [exp.experiment_id]
-
-
 @pytest.mark.slow
 def test_interrupted_search_resumes_without_repeating_trials(tmp_path, cache_dir):
     """Ctrl-C in trial 1, rerun with the same tuner folder: trial 0 is not run again, trial 1 is
@@ -121,7 +87,7 @@ def test_interrupted_search_resumes_without_repeating_trials(tmp_path, cache_dir
     proc = subprocess.Popen(args, cwd=tmp_path, env=cli_env(cache_dir), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     lines = []
-    deadline = time.time() + 240
+    deadline = time.time() + 480
     in_trial_1 = False
     for line in proc.stdout:  # stop trial 1 after its first epoch, with 24 still to go
         lines.append(line)
@@ -129,7 +95,7 @@ def test_interrupted_search_resumes_without_repeating_trials(tmp_path, cache_dir
         if (in_trial_1 and "/step" in line) or time.time() > deadline:
             break
     proc.send_signal(signal.SIGINT)
-    out, _ = proc.communicate(timeout=120)
+    out, _ = proc.communicate(timeout=300)
     first = "".join(lines) + out
     assert proc.returncode == 130 and "interrupted" in first, first[-3000:]
     _, search, trials = runs(tmp_path)
@@ -210,13 +176,13 @@ def test_an_interrupted_distributed_search_stops_cleanly_and_resumes(tmp_path, c
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=cli_env(cache_dir), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     lines = []
-    deadline = time.time() + 240
+    deadline = time.time() + 480
     for line in proc.stdout:  # the first epoch of the first trial, 29 to go
         lines.append(line)
         if "/step" in line or time.time() > deadline:
             break
     proc.send_signal(signal.SIGINT)
-    out, _ = proc.communicate(timeout=180)
+    out, _ = proc.communicate(timeout=300)
     first = "".join(lines) + out
     assert proc.returncode == 130 and "resume with --dir" in first, first[-3000:]
     left = subprocess.run(["pgrep", "-f", f"tuner.directory={tmp_path}/dist"], capture_output=True, text=True)

@@ -85,7 +85,7 @@ def test_cv_refit_ensemble_and_tta_give_one_model_that_predicts(run_cli, tmp_pat
     root = search.data.params["data.root"]
     predicted = subprocess.run(
         [sys.executable, "-m", "histo_exp.predict", f"model={model_file}", f"input={root}", "output=p.csv"],
-        cwd=tmp_path, env=cli_env(tmp_path), capture_output=True, text=True, timeout=300)
+        cwd=tmp_path, env=cli_env(tmp_path), capture_output=True, text=True, timeout=600)
     assert predicted.returncode == 0, predicted.stderr[-2000:]
     with (tmp_path / "p.csv").open() as f:
         rows = list(csv.DictReader(f))

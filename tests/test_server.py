@@ -63,7 +63,7 @@ def logged(server, tmp_path_factory, cache_dir) -> tuple[str, subprocess.Complet
         [sys.executable, "-m", "histo_exp", "debug=fast", "tuner.max_trials=2", "eval.bootstrap=50",
          "data.synthetic.patients=6", "data.synthetic.patches_per_patient=40",
          f"logger.tracking_uri={server}"],
-        cwd=tmp_path, env=cli_env(cache_dir), capture_output=True, text=True, timeout=300,
+        cwd=tmp_path, env=cli_env(cache_dir), capture_output=True, text=True, timeout=600,
     )
     return tmp_path, done
 

@@ -2,7 +2,8 @@
 
 A cache folder is named by its key (file list fingerprint, image size, colour mode, small-patch
 policy), is built in a temporary sibling and renamed into place only when complete, so a killed
-ingest never leaves a cache that looks usable.
+ingest never leaves a cache that looks usable. Processes that want the same cache at once build
+it once: the others wait for it (``publish.build_folder``).
 """
 
 from __future__ import annotations
@@ -123,9 +124,14 @@ def ingest(
     if (folder / KEY).exists():
         log.info("reusing the decoded cache %s", folder)
         return _open(folder, built=False)
-    log.info("decoding %d patches into %s", len(manifest), folder)
     bar = tqdm(total=len(manifest), desc="decode", unit="patch", disable=not progress, mininterval=0.5)
+
+    def build(tmp: Path) -> None:  # only the process that holds the build lock gets here
+        log.info("decoding %d patches into %s", len(manifest), folder)
+        _build(tmp, manifest, key, workers, bar)
+
     with bar:
-        build_folder(folder, lambda tmp: _build(tmp, manifest, key, workers, bar),
-                     lambda final: (final / KEY).exists())
-    return _open(folder, built=True)
+        built = build_folder(folder, build, lambda final: (final / KEY).exists())
+    if not built:
+        log.info("reusing the decoded cache %s that another process built", folder)
+    return _open(folder, built=built)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -15,15 +16,33 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 from mlflow.utils.validation import MAX_DATASET_DIGEST_SIZE, MAX_PARAM_VAL_LENGTH, MAX_TAG_VAL_LENGTH
 
+from histo_exp.locks import held
 from histo_exp.tracking.base import ERROR, RESUMED, RETRY_OF, ROLE, TRIAL_ID, Tracker
 from histo_exp.tracking.models import log_pyfunc_model, register_version
 
 log = logging.getLogger(__name__)
 
+# How long a process waits for another to create the same SQLite store: creating the schema takes
+# seconds, so only a process stuck while holding the lock makes anyone wait this long.
+CREATION_WAIT_S = 300.0
+
 # MLflow's monitor logs its start and stop at INFO: once per trial, that is noise.
 logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
 
 PER_LAUNCH = ("paths.output_dir", "tuner.distributed.")  # differ at every launch: not worth a warning
+
+
+def creation_lock(tracking_uri: str, timeout_s: float = CREATION_WAIT_S) -> contextlib.AbstractContextManager:
+    """A lock file beside a SQLite store, held while its schema and experiment are made.
+
+    Processes that open a new store at once (a multirun's jobs, a chief and its workers, two
+    runs started by hand) otherwise race in MLflow's migrations and one dies. A server store
+    needs none: the server makes its own schema.
+    """
+    if not tracking_uri.startswith("sqlite:///"):
+        return contextlib.nullcontext()
+    db = Path(tracking_uri.removeprefix("sqlite:///"))
+    return held(db.with_name(f"{db.name}.lock"), f"creates the MLflow store {db}", timeout_s)
 
 
 class MlflowTracker(Tracker):
@@ -38,10 +57,9 @@ class MlflowTracker(Tracker):
         self.registered_model_name = registered_model_name
         self.system_metrics = system_metrics
         self.system_metrics_interval = float(system_metrics_interval)
-        if tracking_uri.startswith("sqlite:///"):
-            Path(tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-        self.client = MlflowClient(tracking_uri=tracking_uri)
-        self.experiment_id = self._experiment(artifact_location)
+        with creation_lock(tracking_uri):
+            self.client = MlflowClient(tracking_uri=tracking_uri)
+            self.experiment_id = self._experiment(artifact_location)
         self.search_run_id: str | None = None
         self.trial_run_id: str | None = None
         self.model_id: str | None = None
