@@ -1,14 +1,19 @@
-"""A trial that fails is recorded as FAILED with its error, and the search goes on; class weights,
-skipped files, the registered champion and mixed precision, through ``runner.run``."""
+"""A trial that fails (an error, a NaN loss) is recorded as FAILED with its reason, and the search goes on;
+class weights, skipped files, the registered champion and mixed precision, through ``runner.run``."""
 
+import traceback
+
+import keras_tuner as kt
 import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
 from histo_exp import runner
 from histo_exp.model.hypermodel import SpaceHyperModel
+from histo_exp.tuning.failures import fail_if_non_finite, failure_reason, non_finite, trial_error
 
 from helpers import flat_layers, predict, saved_model_test_auc
+
 
 
 class FirstFitFails(SpaceHyperModel):
@@ -71,6 +76,31 @@ def test_all_trials_failing_is_an_error_that_says_so(compose_cfg, monkeypatch):
                       "data.synthetic.patients=6", "data.synthetic.patches_per_patient=40")
     with pytest.raises(RuntimeError, match="every trial failed"):
         runner.run(cfg)
+
+
+def test_a_nan_or_infinite_value_is_named_with_its_epoch_and_fold():
+    assert non_finite({"loss": [0.7, 0.6], "val_auc": [0.8, 0.9]}) is None
+    nan, inf = float("nan"), float("inf")
+    assert non_finite({"loss": [0.7, inf, nan], "val_loss": [0.6, nan, 1.0]}) == "loss became infinite at epoch 2"
+    assert non_finite({"loss": [0.7, 0.6], "val_auc": [0.8, nan]}) == "val_auc became NaN at epoch 2"
+    fail_if_non_finite({"loss": [0.7]})
+    with pytest.raises(kt.errors.FailedTrialError, match=r"^loss became NaN at epoch 1 \(fold 2 of 3\)$"):
+        fail_if_non_finite({"loss": [nan]}, fold=1, folds=3)
+
+
+def test_a_failed_trial_says_why_in_one_line():
+    """KerasTuner keeps a failed trial's traceback; a deliberate failure (FailedTrialError) is its reason alone."""
+    def traceback_of(error: Exception) -> str:
+        try:
+            raise error
+        except Exception:
+            return traceback.format_exc()
+
+    deliberate = traceback_of(kt.errors.FailedTrialError("loss became NaN at epoch 2"))
+    crash = traceback_of(RuntimeError("out of memory"))
+    assert failure_reason(deliberate) == trial_error(deliberate) == "loss became NaN at epoch 2"
+    assert failure_reason(crash) == "RuntimeError: out of memory" and trial_error(crash) == crash
+    assert failure_reason(None) == "no error recorded" and trial_error(None) is None
 
 
 def test_auto_class_weights_balance_the_training_split(tiny_root, tmp_path):
