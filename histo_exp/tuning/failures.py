@@ -1,4 +1,4 @@
-"""Failed trials: a NaN or infinite loss or metric, and why a trial failed.
+"""Failed trials: a NaN or infinite loss or metric, why a trial failed, and a search whose every trial failed.
 
 A NaN or infinite value ends a trial through KerasTuner's ``FailedTrialError``, so KerasTuner
 records it FAILED and counts it towards ``max_consecutive_failed_trials``; it is never scored.
@@ -7,11 +7,21 @@ records it FAILED and counts it towards ``max_consecutive_failed_trials``; it is
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping, Sequence
 
 import keras_tuner as kt
+from hydra.errors import CompactHydraException
 
 FAILED_TRIAL = f"{kt.errors.FailedTrialError.__module__}.{kt.errors.FailedTrialError.__qualname__}: "
+NON_FINITE = re.compile(r"\bbecame (NaN|infinite) at epoch\b")
+
+
+class SearchFailed(RuntimeError, CompactHydraException):
+    """No trial of the search succeeded, so there is no model to keep.
+
+    A ``CompactHydraException``: ``python -m histo_exp`` prints its message alone, not a traceback.
+    """
 
 
 def non_finite(history: Mapping[str, Sequence[float]]) -> str | None:
@@ -52,3 +62,35 @@ def is_scored(trial: kt.engine.trial.Trial) -> bool:
     """Whether a trial completed with a finite objective: the only trials a search may keep."""
     return trial.status == kt.engine.trial.TrialStatus.COMPLETED and trial.score is not None \
         and math.isfinite(trial.score)
+
+
+def consecutive_failures(oracle: kt.Oracle) -> int:
+    """How many trials in a row failed at the end of the search (KerasTuner stops at its limit)."""
+    count = 0
+    for trial_id in reversed(getattr(oracle, "end_order", [])):
+        if oracle.trials[trial_id].status != kt.engine.trial.TrialStatus.FAILED:
+            break
+        count += 1
+    return count
+
+
+def stopped_by_failures(oracle: kt.Oracle) -> bool:
+    """Whether KerasTuner stopped the search because too many trials in a row failed."""
+    limit = getattr(oracle, "max_consecutive_failed_trials", None)
+    return bool(limit) and consecutive_failures(oracle) >= limit
+
+
+def search_failed(oracle: kt.Oracle) -> SearchFailed:
+    """The error of a search without a scored trial: how many failed, the last reason, and what to try."""
+    ended = [oracle.trials[t] for t in getattr(oracle, "end_order", [])] or list(oracle.trials.values())
+    reasons = [failure_reason(t.message) for t in ended if not is_scored(t)]
+    count = f"{len(ended)} trial{'s' if len(ended) != 1 else ''}"
+    if stopped_by_failures(oracle):
+        count += f", stopped at tuner.max_consecutive_failed_trials={oracle.max_consecutive_failed_trials}"
+    last = f"; the last one: {reasons[-1]}" if reasons else ""
+    if reasons and all(NON_FINITE.search(r) for r in reasons):
+        hint = ("a NaN or infinite loss mostly means too high a learning rate: lower optimizer.learning_rate "
+                "(or the top of its search range); if that does not help, check the data")
+    else:
+        hint = "each trial's error is in the log above and on its MLflow trial run (tag histo_exp.error)"
+    return SearchFailed(f"every trial failed ({count}{last}), so there is no model to keep: {hint}")

@@ -17,7 +17,8 @@ from hydra.utils import instantiate
 from histo_exp.evaluation.plots import plot_history
 from histo_exp.space import to_plain
 from histo_exp.tracking import NullTracker, Tracker
-from histo_exp.tuning.failures import fail_if_non_finite, failure_reason, is_scored, trial_error
+from histo_exp.tuning.failures import (fail_if_non_finite, failure_reason, is_scored, stopped_by_failures,
+                                       trial_error)
 from histo_exp.tuning.folder import tuner_folder
 from histo_exp.tuning.roles import role
 
@@ -102,8 +103,15 @@ class TrackedTuner:
             self.histories[-1].setdefault(name, []).append(float(value))
 
     def on_trial_end(self, trial: kt.engine.trial.Trial) -> None:
-        super().on_trial_end(trial)
-        self.report_trial(trial)
+        try:
+            super().on_trial_end(trial)
+        except RuntimeError:
+            if stopped_by_failures(self.oracle):  # raised before KerasTuner saved the trial's end
+                trial_file = os.path.join(self.get_trial_dir(trial.trial_id), "trial.json")
+                self.oracle.get_trial(trial.trial_id).save(trial_file)
+            raise
+        finally:
+            self.report_trial(trial)
 
     def report_trial(self, trial: kt.engine.trial.Trial) -> None:
         """Close the trial's run (FAILED with the reason, or FINISHED with its score) and log its line."""
