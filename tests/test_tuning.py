@@ -17,13 +17,13 @@ from histo_exp.tuning.failures import fail_if_non_finite, failure_reason, non_fi
 
 from helpers import TINY, flat_layers, predict, runs, saved_model_test_auc
 
-# SGD at a learning rate of 1e6 blows the tiny CNN's loss up to NaN within its first epoch (1 epoch, 2 steps).
-ABSURD_LR = ["optimizer=sgd", "optimizer.learning_rate=1e6", "optimizer.momentum=0.9"]
+# SGD at a learning rate of 1e30 makes the tiny CNN's training loss NaN at its second step; at 1e6 the
+# training loss stays finite (about 1e30) in the first epoch, but the validation loss is NaN.
+ABSURD_LR = ["optimizer=sgd", "optimizer.learning_rate=1e30", "optimizer.momentum=0.9"]
 # One fixed network and a learning rate of 0.01 or 1e6: exactly two trials, one of which goes NaN.
 ONE_ABSURD_LR = ["optimizer=sgd", "~optimizer.learning_rate", "+optimizer.learning_rate={choice: [0.01, 1e6]}",
                  "optimizer.momentum=0.9", "model.blocks=1", "model.filters=8", "model.kernel_size=3",
                  "model.activation=relu", "model.dense_units=[16,16,16]"]
-NAN_REASON = re.compile(r"^(val_)?loss became (NaN|infinite) at epoch 1$")
 
 
 class FirstFitFails(SpaceHyperModel):
@@ -119,7 +119,7 @@ def test_nan_trials_fail_and_the_search_keeps_the_others(compose_cfg, caplog):
     """tuner.seed=1 has the random tuner try 0.01 first; tuner.max_consecutive_failed_trials=1 makes
     KerasTuner stop the search at the NaN trial, after which the finished trial is kept all the same."""
     cfg = compose_cfg(*TINY, *ONE_ABSURD_LR, "tuner=random", "tuner.seed=1", "tuner.max_consecutive_failed_trials=1",
-                      "trainer.verbose=0", "eval.bootstrap=20", "logger.system_metrics=false")
+                      "trainer.epochs=2", "trainer.verbose=0", "eval.bootstrap=20", "logger.system_metrics=false")
     metrics = runner.run(cfg)
 
     client, [search], trials = runs(cfg.paths.work_dir)
@@ -127,18 +127,22 @@ def test_nan_trials_fail_and_the_search_keeps_the_others(compose_cfg, caplog):
     assert sorted(by_lr) == [0.01, 1e6]
     finished, nan = by_lr[0.01], by_lr[1e6]
     assert finished.info.start_time < nan.info.start_time, "the test expects tuner.seed=1 to try 0.01 first"
-    assert nan.info.status == "FAILED" and NAN_REASON.match(nan.data.tags["histo_exp.error"])
+    assert nan.info.status == "FAILED" and nan.data.tags["histo_exp.error"] == "val_loss became NaN at epoch 1"
+    # Training stopped at the epoch whose validation loss was NaN (the training loss was still finite).
+    assert [len(client.get_metric_history(t.info.run_id, "val_loss")) for t in (finished, nan)] == [2, 1]
     assert finished.info.status == "FINISHED" and 0 <= finished.data.metrics["val_auc"] <= 1
     assert "histo_exp.error" not in finished.data.tags
     assert search.info.status == "FINISHED" and "histo_exp.error" not in search.data.tags
     assert metrics["best_val_auc"] == pytest.approx(finished.data.metrics["val_auc"])
-    assert math.isfinite(metrics["test_auc"]) and search.data.metrics["test_auc"] == pytest.approx(metrics["test_auc"])
+    assert math.isfinite(metrics["test_auc"])
+    assert search.data.metrics["test_auc"] == pytest.approx(metrics["test_auc"])
 
     failed_line = next(r.getMessage() for r in caplog.records if " failed: " in r.getMessage())
-    assert re.match(rf"trial {nan.data.tags['histo_exp.trial_id']} failed: (val_)?loss became NaN at epoch 1 "
+    assert re.match(rf"trial {nan.data.tags['histo_exp.trial_id']} failed: val_loss became NaN at epoch 1 "
                     rf"\(best so far [0-9.]+, trial {finished.data.tags['histo_exp.trial_id']}\)  "
                     r"\[learning_rate=1e\+06\]$", failed_line)
-    assert any("the search stopped early at tuner.max_consecutive_failed_trials=1" in r.getMessage() for r in caplog.records)
+    stopped = "the search stopped early at tuner.max_consecutive_failed_trials=1"
+    assert any(stopped in r.getMessage() for r in caplog.records)
     from histo_exp.trials import from_tuner_dir
 
     statuses = {r["learning_rate"]: r["status"] for r in from_tuner_dir(f"{cfg.paths.output_dir}/tuner")}
@@ -147,20 +151,22 @@ def test_nan_trials_fail_and_the_search_keeps_the_others(compose_cfg, caplog):
 
 @pytest.mark.slow
 def test_a_search_whose_every_trial_went_nan_ends_with_one_line_that_says_what_to_try(run_cli, tmp_path):
-    done = run_cli([*TINY, *ABSURD_LR, "tuner.max_consecutive_failed_trials=2", "trainer.verbose=0",
-                    "logger.system_metrics=false"])
+    done = run_cli([*TINY, *ABSURD_LR, "tuner.max_consecutive_failed_trials=2", "trainer.epochs=3",
+                    "trainer.verbose=0", "logger.system_metrics=false"])
     assert done.returncode != 0
     lines = [line for line in done.stderr.splitlines() if line.startswith("every trial failed")]
     assert len(lines) == 1, done.stderr[-3000:]
     assert re.fullmatch(r"every trial failed \(2 trials, stopped at tuner.max_consecutive_failed_trials=2; the last "
-                        r"one: (val_)?loss became NaN at epoch 1\), so there is no model to keep: a NaN or infinite "
+                        r"one: loss became NaN at epoch 1\), so there is no model to keep: a NaN or infinite "
                         r"loss mostly means too high a learning rate: lower optimizer.learning_rate .*check the data",
                         lines[0]), lines[0]
     assert "Input contains NaN" not in done.stdout + done.stderr
-    _, [search], trials = runs(tmp_path)
+    client, [search], trials = runs(tmp_path)
     assert search.info.status == "FAILED" and search.data.tags["histo_exp.error"] == lines[0]
     assert [t.info.status for t in trials] == ["FAILED", "FAILED"]
-    assert all(NAN_REASON.match(t.data.tags["histo_exp.error"]) for t in trials)
+    assert all(t.data.tags["histo_exp.error"] == "loss became NaN at epoch 1" for t in trials)
+    # TerminateOnNaN stopped each at the NaN batch: one epoch of the three.
+    assert [len(client.get_metric_history(t.info.run_id, "loss")) for t in trials] == [1, 1]
 
 
 def test_auto_class_weights_balance_the_training_split(tiny_root, tmp_path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import shutil
 from collections.abc import Mapping, Sequence
@@ -101,6 +102,8 @@ class TrackedTuner:
         self.tracker.log_epoch(epoch, {prefix + name: value for name, value in (logs or {}).items()})
         for name, value in (logs or {}).items():
             self.histories[-1].setdefault(name, []).append(float(value))
+        if not all(math.isfinite(float(value)) for value in (logs or {}).values()):
+            model.stop_training = True  # TerminateOnNaN watches the training loss only; run_trial then fails it
 
     def on_trial_end(self, trial: kt.engine.trial.Trial) -> None:
         try:
