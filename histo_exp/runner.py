@@ -25,8 +25,9 @@ from histo_exp.evaluation.evaluate import Evaluation, evaluate
 from histo_exp.evaluation.plots import plot_trials
 from histo_exp.model.hypermodel import SpaceHyperModel, balanced_weights
 from histo_exp.model.saving import save_model
-from histo_exp.tracking import KEPT, NullTracker, Tracker, ending_runs, flatten
+from histo_exp.tracking import ERROR, KEPT, NullTracker, Tracker, ending_runs, flatten
 from histo_exp.trials import from_tuner_dir, trials_csv
+from histo_exp.tuning.failures import SearchFailed, is_scored, stopped_by_failures
 from histo_exp.tuning.folder import (record_search_run, recorded_search_run, search_lock, tuner_folder,
                                      wait_for_search_run)
 from histo_exp.tuning.keep import Kept, keep
@@ -56,8 +57,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
             with ending_runs(tracker):
                 tracker.log_dataset(str(cfg.data.name), data.fingerprint, str(data.root), data.profile())
                 search(cfg, data, tuner)
-                kept = keep(tuner, data, [val.indices for _, val in tuner.folds], cfg.eval, cfg.trainer,
-                            str(cfg.trainer.get("refit", "none")), int(cfg.seed))
+                kept = keep_model(cfg, data, tuner, tracker)
                 log.info(kept.description)
                 result = evaluate(kept.test_model, kept.val, data, cfg.eval, int(cfg.trainer.batch_size), out,
                                   int(cfg.seed))
@@ -66,6 +66,16 @@ def run(cfg: DictConfig) -> dict[str, float]:
     if data.skipped:
         log.warning("%d files were skipped (listed in %s)", len(data.skipped), data.cache / "skipped.tsv")
     return metrics
+
+
+def keep_model(cfg: DictConfig, data: PatchData, tuner: kt.Tuner, tracker: Tracker) -> Kept:
+    """The model the search keeps; a search none of whose trials succeeded says why on its run, and stops."""
+    try:
+        return keep(tuner, data, [val.indices for _, val in tuner.folds], cfg.eval, cfg.trainer,
+                    str(cfg.trainer.get("refit", "none")), int(cfg.seed))
+    except SearchFailed as failed:
+        tracker.set_tags({ERROR: str(failed)})
+        raise
 
 
 def train_trials(cfg: DictConfig, data: PatchData) -> dict[str, float]:
@@ -155,15 +165,25 @@ def open_search_run(cfg: DictConfig, tracker: Tracker, folder: Path) -> None:
 
 
 def search(cfg: DictConfig, data: PatchData, tuner: kt.Tuner) -> None:
-    """Run the tuner's trials (a chief serves the oracle instead, until its workers are done)."""
+    """Run the tuner's trials (a chief serves the oracle instead, until its workers are done).
+
+    KerasTuner raises when ``tuner.max_consecutive_failed_trials`` trials in a row failed: the
+    search ends there, and what it found so far is kept (or ``keep`` says that nothing was).
+    """
     trainer = cfg.trainer
     with warnings.catch_warnings():  # the Gaussian process's fit notes, once per trial: noise here
         warnings.filterwarnings("ignore", category=ConvergenceWarning)
-        tuner.search(
-            split_batches(data, "train", trainer.batch_size, cfg.seed),
-            validation_data=split_batches(data, "val", trainer.batch_size, cfg.seed),
-            verbose=int(trainer.verbose),
-        )
+        try:
+            tuner.search(
+                split_batches(data, "train", trainer.batch_size, cfg.seed),
+                validation_data=split_batches(data, "val", trainer.batch_size, cfg.seed),
+                verbose=int(trainer.verbose),
+            )
+        except RuntimeError:
+            if not stopped_by_failures(tuner.oracle):
+                raise
+            log.warning("the search stopped early at tuner.max_consecutive_failed_trials=%d failed trials in a row",
+                        tuner.oracle.max_consecutive_failed_trials)
 
 
 @functools.cache
@@ -196,7 +216,7 @@ def log_results(cfg: DictConfig, data: PatchData, kept: Kept, tuner: kt.Tuner, r
     tracker.log_model(saved, data.input_shape)
     tracker.register(float(trial.score), data.fingerprint)
     plots = [*result.plots, plot_trials(
-        [(t.hyperparameters.values, t.score) for t in tuner.oracle.trials.values() if t.score is not None],
+        [(t.hyperparameters.values, t.score) for t in tuner.oracle.trials.values() if is_scored(t)],
         out / "trials.png")]
     curves = Path(tuner.get_trial_dir(trial.trial_id)) / "training_curves.png"
     if curves.exists():  # drawn by whichever process ran the trial

@@ -1,14 +1,29 @@
-"""A trial that fails is recorded as FAILED with its error, and the search goes on; class weights,
-skipped files, the registered champion and mixed precision, through ``runner.run``."""
+"""A trial that fails (an error, a NaN loss) is recorded as FAILED with its reason, and the search goes on;
+a search whose every trial failed says so in one line; class weights, skipped files, the registered
+champion and mixed precision, through ``runner.run``."""
 
+import math
+import re
+import traceback
+
+import keras_tuner as kt
 import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
 from histo_exp import runner
 from histo_exp.model.hypermodel import SpaceHyperModel
+from histo_exp.tuning.failures import fail_if_non_finite, failure_reason, non_finite, trial_error
 
-from helpers import flat_layers, predict, saved_model_test_auc
+from helpers import TINY, flat_layers, predict, runs, saved_model_test_auc
+
+# SGD at a learning rate of 1e30 makes the tiny CNN's training loss NaN at its second step; at 1e6 the
+# training loss stays finite (about 1e30) in the first epoch, but the validation loss is NaN.
+ABSURD_LR = ["optimizer=sgd", "optimizer.learning_rate=1e30", "optimizer.momentum=0.9"]
+# One fixed network and a learning rate of 0.01 or 1e6: exactly two trials, one of which goes NaN.
+ONE_ABSURD_LR = ["optimizer=sgd", "~optimizer.learning_rate", "+optimizer.learning_rate={choice: [0.01, 1e6]}",
+                 "optimizer.momentum=0.9", "model.blocks=1", "model.filters=8", "model.kernel_size=3",
+                 "model.activation=relu", "model.dense_units=[16,16,16]"]
 
 
 class FirstFitFails(SpaceHyperModel):
@@ -69,8 +84,89 @@ def test_all_trials_failing_is_an_error_that_says_so(compose_cfg, monkeypatch):
     cfg = compose_cfg("debug=fast", "tuner.max_trials=2", "trainer.verbose=0", "logger=none",
                       "tuner.max_consecutive_failed_trials=5",
                       "data.synthetic.patients=6", "data.synthetic.patches_per_patient=40")
-    with pytest.raises(RuntimeError, match="every trial failed"):
+    with pytest.raises(RuntimeError, match=r"^every trial failed \(2 trials; the last one: RuntimeError: simulated "
+                       r"failure\), so there is no model to keep: each trial's error is in the log above"):
         runner.run(cfg)
+
+
+def test_a_nan_or_infinite_value_is_named_with_its_epoch_and_fold():
+    assert non_finite({"loss": [0.7, 0.6], "val_auc": [0.8, 0.9]}) is None
+    nan, inf = float("nan"), float("inf")
+    assert non_finite({"loss": [0.7, inf, nan], "val_loss": [0.6, nan, 1.0]}) == "loss became infinite at epoch 2"
+    assert non_finite({"loss": [0.7, 0.6], "val_auc": [0.8, nan]}) == "val_auc became NaN at epoch 2"
+    fail_if_non_finite({"loss": [0.7]})
+    with pytest.raises(kt.errors.FailedTrialError, match=r"^loss became NaN at epoch 1 \(fold 2 of 3\)$"):
+        fail_if_non_finite({"loss": [nan]}, fold=1, folds=3)
+
+
+def test_a_failed_trial_says_why_in_one_line():
+    """KerasTuner keeps a failed trial's traceback; a deliberate failure (FailedTrialError) is its reason alone."""
+    def traceback_of(error: Exception) -> str:
+        try:
+            raise error
+        except Exception:
+            return traceback.format_exc()
+
+    deliberate = traceback_of(kt.errors.FailedTrialError("loss became NaN at epoch 2"))
+    crash = traceback_of(RuntimeError("out of memory"))
+    assert failure_reason(deliberate) == trial_error(deliberate) == "loss became NaN at epoch 2"
+    assert failure_reason(crash) == "RuntimeError: out of memory" and trial_error(crash) == crash
+    assert failure_reason(None) == "no error recorded" and trial_error(None) is None
+
+
+@pytest.mark.slow
+def test_nan_trials_fail_and_the_search_keeps_the_others(compose_cfg, caplog):
+    """tuner.seed=1 has the random tuner try 0.01 first; tuner.max_consecutive_failed_trials=1 makes
+    KerasTuner stop the search at the NaN trial, after which the finished trial is kept all the same."""
+    cfg = compose_cfg(*TINY, *ONE_ABSURD_LR, "tuner=random", "tuner.seed=1", "tuner.max_consecutive_failed_trials=1",
+                      "trainer.epochs=2", "trainer.verbose=0", "eval.bootstrap=20", "logger.system_metrics=false")
+    metrics = runner.run(cfg)
+
+    client, [search], trials = runs(cfg.paths.work_dir)
+    by_lr = {float(t.data.params["learning_rate"]): t for t in trials}
+    assert sorted(by_lr) == [0.01, 1e6]
+    finished, nan = by_lr[0.01], by_lr[1e6]
+    assert finished.info.start_time < nan.info.start_time, "the test expects tuner.seed=1 to try 0.01 first"
+    assert nan.info.status == "FAILED" and nan.data.tags["histo_exp.error"] == "val_loss became NaN at epoch 1"
+    # Training stopped at the epoch whose validation loss was NaN (the training loss was still finite).
+    assert [len(client.get_metric_history(t.info.run_id, "val_loss")) for t in (finished, nan)] == [2, 1]
+    assert finished.info.status == "FINISHED" and 0 <= finished.data.metrics["val_auc"] <= 1
+    assert "histo_exp.error" not in finished.data.tags
+    assert search.info.status == "FINISHED" and "histo_exp.error" not in search.data.tags
+    assert metrics["best_val_auc"] == pytest.approx(finished.data.metrics["val_auc"])
+    assert math.isfinite(metrics["test_auc"])
+    assert search.data.metrics["test_auc"] == pytest.approx(metrics["test_auc"])
+
+    failed_line = next(r.getMessage() for r in caplog.records if " failed: " in r.getMessage())
+    assert re.match(rf"trial {nan.data.tags['histo_exp.trial_id']} failed: val_loss became NaN at epoch 1 "
+                    rf"\(best so far [0-9.]+, trial {finished.data.tags['histo_exp.trial_id']}\)  "
+                    r"\[learning_rate=1e\+06\]$", failed_line)
+    stopped = "the search stopped early at tuner.max_consecutive_failed_trials=1"
+    assert any(stopped in r.getMessage() for r in caplog.records)
+    from histo_exp.trials import from_tuner_dir
+
+    statuses = {r["learning_rate"]: r["status"] for r in from_tuner_dir(f"{cfg.paths.output_dir}/tuner")}
+    assert statuses == {0.01: "COMPLETED", 1e6: "FAILED"}
+
+
+@pytest.mark.slow
+def test_a_search_whose_every_trial_went_nan_ends_with_one_line_that_says_what_to_try(run_cli, tmp_path):
+    done = run_cli([*TINY, *ABSURD_LR, "tuner.max_consecutive_failed_trials=2", "trainer.epochs=3",
+                    "trainer.verbose=0", "logger.system_metrics=false"])
+    assert done.returncode != 0
+    lines = [line for line in done.stderr.splitlines() if line.startswith("every trial failed")]
+    assert len(lines) == 1, done.stderr[-3000:]
+    assert re.fullmatch(r"every trial failed \(2 trials, stopped at tuner.max_consecutive_failed_trials=2; the last "
+                        r"one: loss became NaN at epoch 1\), so there is no model to keep: a NaN or infinite "
+                        r"loss mostly means too high a learning rate: lower optimizer.learning_rate .*check the data",
+                        lines[0]), lines[0]
+    assert "Input contains NaN" not in done.stdout + done.stderr
+    client, [search], trials = runs(tmp_path)
+    assert search.info.status == "FAILED" and search.data.tags["histo_exp.error"] == lines[0]
+    assert [t.info.status for t in trials] == ["FAILED", "FAILED"]
+    assert all(t.data.tags["histo_exp.error"] == "loss became NaN at epoch 1" for t in trials)
+    # TerminateOnNaN stopped each at the NaN batch: one epoch of the three.
+    assert [len(client.get_metric_history(t.info.run_id, "loss")) for t in trials] == [1, 1]
 
 
 def test_auto_class_weights_balance_the_training_split(tiny_root, tmp_path):

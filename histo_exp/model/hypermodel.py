@@ -105,14 +105,12 @@ class SpaceHyperModel(kt.HyperModel):
         return model
 
     def fit(self, hp: kt.HyperParameters, model: keras.Model, *args: Any, **kwargs: Any):
+        """Train one trial; a NaN or infinite loss stops it at that batch (the tuner then fails the trial)."""
         kwargs.setdefault("epochs", self.epochs)
         kwargs.setdefault("steps_per_epoch", self.steps_per_epoch)
         kwargs.setdefault("class_weight", self.class_weight)
+        callbacks = [*kwargs.get("callbacks", []), keras.callbacks.TerminateOnNaN()]
         if self.early_stopping_patience:
-            kwargs["callbacks"] = [
-                *kwargs.get("callbacks", []),
-                keras.callbacks.EarlyStopping(
-                    monitor="val_auc", mode="max", patience=self.early_stopping_patience
-                ),
-            ]
-        return model.fit(*args, **kwargs)
+            callbacks.append(keras.callbacks.EarlyStopping(monitor="val_auc", mode="max",
+                                                           patience=self.early_stopping_patience))
+        return model.fit(*args, **{**kwargs, "callbacks": callbacks})

@@ -6,9 +6,10 @@ nothing; ``NullTracker`` is ``logger=none``; ``MlflowTracker`` (``mlflow_tracker
 logs the servable model and keeps the registry's ``champion``; ``store`` reads a store back.
 """
 
-from histo_exp.tracking.base import CHAMPION, KEPT, MODEL_NAME, NullTracker, Tracker, ending_runs, flatten
+from histo_exp.tracking.base import (CHAMPION, ERROR, KEPT, MODEL_NAME, NullTracker, Tracker, ending_runs,
+                                     flatten)
 from histo_exp.tracking.mlflow_tracker import MlflowTracker
 from histo_exp.tracking.store import download_model, reader, trial_runs
 
-__all__ = ["CHAMPION", "KEPT", "MODEL_NAME", "MlflowTracker", "NullTracker", "Tracker", "download_model", "ending_runs",
-           "flatten", "reader", "trial_runs"]
+__all__ = ["CHAMPION", "ERROR", "KEPT", "MODEL_NAME", "MlflowTracker", "NullTracker", "Tracker",
+           "download_model", "ending_runs", "flatten", "reader", "trial_runs"]

@@ -21,6 +21,7 @@ from histo_exp.evaluation.evaluate import predict
 from histo_exp.evaluation.metrics import Scores
 from histo_exp.model.ensemble import average_models, with_tta
 from histo_exp.model.hypermodel import balanced_weights
+from histo_exp.tuning.failures import is_scored, search_failed
 from histo_exp.tuning.tuners import fold_checkpoint, format_hparams, read_fold_results
 
 log = logging.getLogger(__name__)
@@ -41,13 +42,10 @@ class Kept:
 
 
 def best_trials(tuner: kt.Tuner, n: int) -> list[kt.engine.trial.Trial]:
-    """The ``n`` best completed trials, best first; fails clearly when none completed."""
-    best = [t for t in tuner.oracle.get_best_trials(max(n, 1)) if t.score is not None]
+    """The ``n`` best scored trials, best first; ``SearchFailed`` when no trial was scored."""
+    best = [t for t in tuner.oracle.get_best_trials(max(n, 1)) if is_scored(t)]
     if not best:
-        raise RuntimeError(
-            "every trial failed, so there is no best model; the trial errors are in the log "
-            "above and on the trial runs in MLflow"
-        )
+        raise search_failed(tuner.oracle)
     return best
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import shutil
 from collections.abc import Mapping, Sequence
@@ -17,6 +18,8 @@ from hydra.utils import instantiate
 from histo_exp.evaluation.plots import plot_history
 from histo_exp.space import to_plain
 from histo_exp.tracking import NullTracker, Tracker
+from histo_exp.tuning.failures import (fail_if_non_finite, failure_reason, is_scored, stopped_by_failures,
+                                       trial_error)
 from histo_exp.tuning.folder import tuner_folder
 from histo_exp.tuning.roles import role
 
@@ -35,7 +38,8 @@ class TrackedTuner:
     """Mixin for a KerasTuner tuner: one tracker trial per KerasTuner trial, and a log line.
 
     Uses KerasTuner's own trial hooks, so failed trials (which KerasTuner catches and marks
-    FAILED or INVALID) are recorded and the search goes on.
+    FAILED or INVALID) are recorded and the search goes on. A NaN or infinite loss or metric
+    fails its trial (``FailedTrialError``) rather than scoring it.
     """
 
     def __init__(self, *args: Any, tracker: Tracker | None = None, folds: Sequence[tuple[Any, Any]] = (),
@@ -63,6 +67,7 @@ class TrackedTuner:
         for self.fold, (train, val) in enumerate(folds):
             self.histories.append({})
             histories += super().run_trial(trial, train, *args[1:], validation_data=val, **kwargs)
+            fail_if_non_finite(self.histories[-1], self.fold, len(self.folds))
             if self.folds:
                 best = max(self.histories[-1].get(self.oracle.objective.name) or [float("nan")])
                 log.info("trial %s fold %d of %d: %s=%.4f", trial.trial_id, self.fold + 1, len(folds),
@@ -97,29 +102,42 @@ class TrackedTuner:
         self.tracker.log_epoch(epoch, {prefix + name: value for name, value in (logs or {}).items()})
         for name, value in (logs or {}).items():
             self.histories[-1].setdefault(name, []).append(float(value))
+        if not all(math.isfinite(float(value)) for value in (logs or {}).values()):
+            model.stop_training = True  # TerminateOnNaN watches the training loss only; run_trial then fails it
 
     def on_trial_end(self, trial: kt.engine.trial.Trial) -> None:
-        super().on_trial_end(trial)
-        status = STATUS.get(str(trial.status), "FAILED")
-        score = self.oracle.get_trial(trial.trial_id).score  # a worker's own copy has none
-        metrics = {self.oracle.objective.name: score} if score is not None else {}
+        try:
+            super().on_trial_end(trial)
+        except RuntimeError:
+            if stopped_by_failures(self.oracle):  # raised before KerasTuner saved the trial's end
+                trial_file = os.path.join(self.get_trial_dir(trial.trial_id), "trial.json")
+                self.oracle.get_trial(trial.trial_id).save(trial_file)
+            raise
+        finally:
+            self.report_trial(trial)
+
+    def report_trial(self, trial: kt.engine.trial.Trial) -> None:
+        """Close the trial's run (FAILED with the reason, or FINISHED with its score) and log its line."""
+        ended = self.oracle.get_trial(trial.trial_id)  # the oracle's verdict (a worker's copy has no score)
+        score = ended.score if is_scored(ended) else None
+        objective = self.oracle.objective.name
+        metrics = {objective: score} if score is not None else {}
         if self.folds and score is not None:
-            metrics |= {f"fold{r['fold']}_{self.oracle.objective.name}": r["score"]
+            metrics |= {f"fold{r['fold']}_{objective}": r["score"]
                         for r in read_fold_results(Path(self.get_trial_dir(trial.trial_id)))}
         if any(self.histories):
             path = Path(self.get_trial_dir(trial.trial_id)) / "training_curves.png"
             plot_history(self.histories, path, f"trial {trial.trial_id}")
             self.tracker.log_trial_artifact(path)
-        self.tracker.end_trial(status, metrics, error=trial.message)
-        shown = f"{score:.4f}" if score is not None else "n/a"
-        line = f"trial {trial.trial_id} {trial.status.lower()}: {self.oracle.objective.name}={shown}"
-        best = self.oracle.get_best_trials(1)
-        if best and best[0].score is not None:
+        status = STATUS.get(str(ended.status), "FAILED")
+        self.tracker.end_trial(status, metrics, error=trial_error(trial.message))
+        line = f"trial {trial.trial_id} {str(ended.status).lower()}: "
+        line += f"{objective}={score:.4f}" if score is not None else failure_reason(trial.message)
+        best = [t for t in self.oracle.get_best_trials(1) if is_scored(t)]
+        if best:
             line += f" (best so far {best[0].score:.4f}, trial {best[0].trial_id})"
-        line += f"  [{format_hparams(trial.hyperparameters.values)}]"
-        if trial.message:
-            line += f"\n  error: {trial.message.strip().splitlines()[-1]}"
-        log.info(line)
+        log.log(logging.INFO if score is not None else logging.WARNING, "%s  [%s]", line,
+                format_hparams(trial.hyperparameters.values))
 
 
 def fold_checkpoint(trial_dir: str | Path, fold: int) -> Path:
