@@ -1,12 +1,12 @@
 """``python -m histo_exp [overrides]``: the Hydra entry point, and the only place Hydra runs."""
 
 import logging
-import signal
 
 import hydra
 from omegaconf import DictConfig
 
 from histo_exp.config import CONFIG_DIR, config_yaml
+from histo_exp.signals import exit_code, handle_stops
 
 log = logging.getLogger("histo_exp")
 
@@ -19,12 +19,12 @@ def main(cfg: DictConfig) -> float:
     log.info("config:\n%s", config_yaml(cfg))
     try:
         return run(cfg).get("test_auc")
-    except KeyboardInterrupt:
-        log.warning("interrupted: the search and its open trial are marked KILLED in MLflow")
-        raise SystemExit(130) from None
+    except KeyboardInterrupt as stop:
+        log.warning("interrupted (%s): the search and its open trial are marked KILLED in MLflow",
+                    stop.args[0] if stop.args else "Ctrl-C")
+        raise SystemExit(exit_code(stop)) from None
 
 
 if __name__ == "__main__":
-    # Started from a background shell, SIGINT arrives ignored; Ctrl-C must still end the run cleanly.
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    handle_stops()
     main()

@@ -21,6 +21,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from histo_exp.signals import exit_code, handle_stops
+
 
 def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port nobody listens on now (for the chief's oracle)."""
@@ -110,10 +112,10 @@ def launch(workers: int, folder: Path, overrides: Sequence[str], port: int | Non
             relays.append(threading.Thread(target=_relay, args=(name, procs[name].stdout), daemon=True))
             relays[-1].start()
         codes = wait_all(procs)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as interrupt:
         stop(list(procs.values()))
         print(f"interrupted: resume with --dir {folder}", flush=True)
-        return 130
+        return exit_code(interrupt)
     finally:
         for proc in procs.values():
             if proc.poll() is None:
@@ -126,10 +128,6 @@ def launch(workers: int, folder: Path, overrides: Sequence[str], port: int | Non
         return 1
     print(f"done: the search and its evaluation are in {folder}/chief", flush=True)
     return 0
-
-
-def _interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -148,9 +146,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--workers must be 1 or more")
     folder = (args.dir or Path("outputs/distributed") / datetime.now().strftime("%Y-%m-%d_%H-%M-%S"))
     gpus = [g for g in args.gpus.split(",") if g.strip()]
-    signal.signal(signal.SIGTERM, _interrupt)  # a scheduler's stop: the same clean end as Ctrl-C
-    # Started in the background, a shell leaves SIGINT ignored, and so would the children be.
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    handle_stops()  # a scheduler's SIGTERM: the same clean end as Ctrl-C
     return launch(args.workers, folder.absolute(), args.overrides, args.port, gpus)
 
 

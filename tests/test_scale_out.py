@@ -170,6 +170,43 @@ def test_parallel_jobs_make_one_synthetic_dataset(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
+def test_a_scheduler_stop_or_a_kill_leaves_no_run_running(tmp_path, cache_dir, stop):
+    """SIGTERM (timeout, Slurm, Kubernetes) ends the runs KILLED like Ctrl-C; after a SIGKILL, which
+    nothing can catch, the resume closes the orphaned trial run and the search finishes."""
+    args = [sys.executable, "-m", "histo_exp", *TINY, "tuner.max_trials=1", "trainer.epochs=25",
+            "trainer.early_stopping_patience=null", f"tuner.directory={tmp_path}/search"]
+    proc = subprocess.Popen(args, cwd=tmp_path, env=cli_env(cache_dir), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    lines = []
+    deadline = time.time() + 480
+    for line in proc.stdout:  # stop trial 0 after its first epoch, with 24 still to go
+        lines.append(line)
+        if "/step" in line or time.time() > deadline:
+            break
+    proc.send_signal(stop)
+    out, _ = proc.communicate(timeout=300)
+    first = "".join(lines) + out
+    _, search, trials = runs(tmp_path)
+    if stop == signal.SIGTERM:
+        assert proc.returncode == 143 and "interrupted (SIGTERM)" in first, first[-3000:]
+        assert [r.info.status for r in search] == ["KILLED"] and [t.info.status for t in trials] == ["KILLED"]
+        return
+    assert proc.returncode == -signal.SIGKILL
+    assert [r.info.status for r in search] == ["RUNNING"] and [t.info.status for t in trials] == ["RUNNING"]
+    orphan = trials[0].info.run_id
+    again = subprocess.run([*args, "trainer.epochs=1"], cwd=tmp_path, env=cli_env(cache_dir),
+                           capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"marked KILLED 1 trial run(s) left RUNNING by a process that was killed: {orphan}" in again.stdout + again.stderr
+    _, search, trials = runs(tmp_path)
+    assert [r.info.status for r in search] == ["FINISHED"]
+    assert sorted((t.data.tags["histo_exp.trial_id"], t.info.status) for t in trials) == [
+        ("0", "FINISHED"), ("0", "KILLED")]  # the killed attempt is closed and the trial was run again
+    assert "killed" in next(t for t in trials if t.info.run_id == orphan).data.tags["histo_exp.error"]
+
+
+@pytest.mark.slow
 def test_an_interrupted_distributed_search_stops_cleanly_and_resumes(tmp_path, cache_dir):
     """Ctrl-C to the launcher reaches the chief and both workers; the same --dir then finishes."""
     cmd = [sys.executable, "-m", "histo_exp.launch", "--workers", "2", "--dir", str(tmp_path / "dist"),

@@ -115,7 +115,22 @@ class MlflowTracker(Tracker):
             log.warning("resumed with changed settings; the run keeps its first params: %s",
                         ", ".join(f"{k}: {a} -> {b}" for k, (a, b) in changed.items()))
         self._log_params({k: v for k, v in new.items() if k not in old})
+        self._close_orphans()
         log.info("resuming MLflow search run %s (resume #%d)", self.search_run_id, resumed)
+
+    def _close_orphans(self) -> None:
+        """Mark KILLED the trial runs a killed process left RUNNING (SIGKILL, a lost machine): nothing
+        else can end them, and a resume runs before any trial of its own (a chief before its workers)."""
+        orphans = self.client.search_runs(
+            [self.experiment_id],
+            f"tags.`mlflow.parentRunId` = '{self.search_run_id}' and attributes.status = 'RUNNING'")
+        for run in orphans:
+            self.client.set_tag(run.info.run_id, ERROR, "its process ended without closing it (killed); "
+                                "the trial is retried by the resumed search")
+            self.client.set_terminated(run.info.run_id, status="KILLED")
+        if orphans:
+            log.warning("marked KILLED %d trial run(s) left RUNNING by a process that was killed: %s",
+                        len(orphans), ", ".join(r.info.run_id for r in orphans))
 
     def join_search(self, run_id: str) -> None:
         """Log trials under another process's search run (a distributed worker); never end it."""

@@ -1,0 +1,34 @@
+"""Ctrl-C and a scheduler's stop (SIGTERM, as `timeout`, Slurm and Kubernetes send) end a run the same
+clean way: its MLflow runs are marked KILLED and the process exits with 128 + the signal's number."""
+
+from __future__ import annotations
+
+import signal
+from typing import Any
+
+
+class Stopped(KeyboardInterrupt):
+    """SIGTERM, raised where the process is, so every ``except KeyboardInterrupt`` cleans up for it too."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _stop(signum: int, frame: Any) -> None:
+    raise Stopped(signum)
+
+
+def handle_stops() -> None:
+    """Turn SIGINT and SIGTERM into ``KeyboardInterrupt`` (``Stopped`` for SIGTERM) in this process.
+
+    A shell that starts a job in the background leaves SIGINT ignored (and so it would be in the
+    children); Ctrl-C must still end the run cleanly.
+    """
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _stop)
+
+
+def exit_code(interrupt: KeyboardInterrupt) -> int:
+    """128 + the signal's number, as a shell reports a process the signal ended: 130 Ctrl-C, 143 SIGTERM."""
+    return 128 + getattr(interrupt, "signum", signal.SIGINT)
