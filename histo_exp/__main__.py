@@ -6,6 +6,7 @@ import hydra
 from omegaconf import DictConfig
 
 from histo_exp.config import CONFIG_DIR, config_yaml
+from histo_exp.errors import one_line_errors
 from histo_exp.signals import exit_code, handle_stops
 
 log = logging.getLogger("histo_exp")
@@ -18,7 +19,8 @@ def main(cfg: DictConfig) -> float:
 
     log.info("config:\n%s", config_yaml(cfg))
     try:
-        return run(cfg).get("test_auc")
+        with one_line_errors():
+            return run(cfg).get("test_auc")
     except KeyboardInterrupt as stop:
         log.warning("interrupted (%s): the search and its open trial are marked KILLED in MLflow",
                     stop.args[0] if stop.args else "Ctrl-C")

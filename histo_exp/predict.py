@@ -17,6 +17,7 @@ import numpy as np
 from omegaconf import DictConfig
 
 from histo_exp.config import CONFIG_DIR, require
+from histo_exp.errors import one_line_errors
 
 log = logging.getLogger("histo_exp.predict")
 USAGE = ("python -m histo_exp.predict model=<best_model.keras, search run id or models:/name@alias> "
@@ -27,9 +28,28 @@ def resolve_model(model: str, tracking_uri: str, scratch: Path) -> Path:
     """A .keras path as given, or the model of an MLflow search run or ``models:/`` URI."""
     if Path(model).is_file():
         return Path(model)
+    if model.endswith(".keras"):
+        raise FileNotFoundError(f"model={model}: no such file (pass a .keras file, a search run id or a "
+                                "models:/ URI)")
     from histo_exp.tracking import download_model
 
     return download_model(model, tracking_uri, scratch)
+
+
+def check_writable(path: Path, key: str) -> None:
+    """Fail before any inference when ``path`` could not be written, creating nothing: the nearest
+    folder that exists takes a temporary file (permission bits alone miss read-only mounts and root)."""
+    if path.is_dir():
+        raise IsADirectoryError(f"{key}={path} is a folder: name a file in it")
+    there = next(p for p in (path.parent.absolute(), *path.parent.absolute().parents) if p.exists())
+    if not there.is_dir():
+        raise NotADirectoryError(f"cannot write {key}={path}: {there} is a file, not a folder")
+    try:
+        with tempfile.TemporaryFile(dir=there):
+            pass
+    except OSError as err:
+        raise PermissionError(f"cannot write {key}={path}: {there} is not writable ({err.strerror}); "
+                              f"pass {key}=<a path you can write>") from None
 
 
 def write_csv(path: Path, manifest, prob: np.ndarray, keep: np.ndarray, skipped: dict[str, str],
@@ -55,12 +75,14 @@ def predict_files(cfg: DictConfig) -> Path:
     from histo_exp.evaluation.maps import patient_maps
     from histo_exp.model.saving import load_model
 
+    out = Path(cfg.output)
+    maps = Path(cfg.maps_dir) if cfg.maps_dir else out.with_name(out.stem + "_maps")
+    check_writable(out, "output")
+    check_writable(maps / "probe", "maps_dir")
     manifest = index_files(cfg.input)
     with tempfile.TemporaryDirectory() as scratch:
         path = resolve_model(str(cfg.model), str(cfg.tracking_uri), Path(scratch))
         model, meta = load_model(path)
-    out = Path(cfg.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
     size, channels = model.input_shape[1], model.input_shape[-1]
     color = meta.get("color", "gray" if channels == 1 else "rgb")
     threshold = float(meta.get("threshold", 0.5))
@@ -72,10 +94,10 @@ def predict_files(cfg: DictConfig) -> Path:
     if ok.size:
         batches = PatchBatches(decoded.images, np.maximum(manifest.labels, 0), ok, int(cfg.batch_size))
         prob[ok] = predict(model, batches).y_prob
+    out.parent.mkdir(parents=True, exist_ok=True)
     write_csv(out, manifest, prob, decoded.keep, decoded.skipped, threshold)
     log.info("%d images, %d predicted, %d errors, threshold %.3f -> %s", len(manifest), ok.size,
              len(manifest) - ok.size, threshold, out)
-    maps = Path(cfg.maps_dir) if cfg.maps_dir else out.with_name(out.stem + "_maps")
     if patient_maps(manifest.patients[ok], manifest.x[ok], manifest.y[ok], manifest.labels[ok], prob[ok],
                     threshold, maps, images=decoded.images, rows=ok):
         log.info("probability maps: %s", maps)
@@ -84,8 +106,9 @@ def predict_files(cfg: DictConfig) -> Path:
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR / "commands"), config_name="predict")
 def main(cfg: DictConfig) -> None:
-    require(cfg, ("model", "input"), USAGE)
-    predict_files(cfg)
+    with one_line_errors():
+        require(cfg, ("model", "input"), USAGE)
+        predict_files(cfg)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from omegaconf import DictConfig
 
 from histo_exp.config import CONFIG_DIR
 from histo_exp.data.dataset import load
+from histo_exp.errors import one_line_errors
 
 log = logging.getLogger("histo_exp.prepare")
 
@@ -18,7 +19,8 @@ log = logging.getLogger("histo_exp.prepare")
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="config")
 def main(cfg: DictConfig) -> None:
     """Index and cache ``cfg.data``; print per-class and per-patient counts."""
-    data = load(cfg.data)
+    with one_line_errors():
+        data = load(cfg.data)
     log.info("prepared:\n%s", data.summary(per_patient=True))
 
 

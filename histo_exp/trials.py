@@ -18,6 +18,7 @@ import hydra
 from omegaconf import DictConfig
 
 from histo_exp.config import CONFIG_DIR, require
+from histo_exp.errors import one_line_errors
 
 FIXED = ("trial", "status", "val_auc")
 USAGE = "python -m histo_exp.trials source=<search run id | tuner folder> [csv=trials.csv]"
@@ -75,8 +76,9 @@ def export(cfg: DictConfig) -> str:
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR / "commands"), config_name="trials")
 def main(cfg: DictConfig) -> None:
-    require(cfg, ("source",), USAGE)
-    export(cfg)
+    with one_line_errors():
+        require(cfg, ("source",), USAGE)
+        export(cfg)
 
 
 if __name__ == "__main__":

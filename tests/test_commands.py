@@ -49,9 +49,33 @@ def test_the_commands_take_their_own_keys_not_the_experiments(tmp_path):
 
 def test_a_failing_predict_writes_nothing(tmp_path):
     done = command(tmp_path, "predict", "model=best_model.keras", "input=nowhere", "output=res/p.csv")
-    assert done.returncode != 0
+    assert done.returncode == 2
     assert "input 'nowhere' is neither a file nor a folder" in done.stderr
+    assert "Traceback" not in done.stderr and "Error executing job" not in done.stderr  # the line alone
     assert written(tmp_path) == []
+
+
+@pytest.mark.parametrize("output, says", [
+    ("a_file/p.csv", "a_file is a file, not a folder"),
+    ("/proc/p.csv", "/proc is not writable"),  # read-only even for root: permission bits would not tell
+    ("out_folder", "output=out_folder is a folder: name a file in it"),
+])
+def test_predict_checks_its_output_before_any_inference(tmp_path, tiny_root, output, says):
+    (tmp_path / "a_file").write_text("")
+    (tmp_path / "out_folder").mkdir()
+    (tmp_path / "tree").symlink_to(tiny_root)
+    done = command(tmp_path, "predict", "model=no_model_yet.keras", "input=tree", f"output={output}")
+    assert done.returncode == 2 and says in done.stderr, done.stderr[-2000:]  # before the model is even looked up
+    assert "Traceback" not in done.stderr
+    assert written(tmp_path, "tree") == ["a_file", "out_folder"]
+
+
+def test_an_experiment_config_error_is_one_line_without_a_traceback(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "histo_exp", "data=idc", f"data.root={tmp_path}/nowhere",
+                           "logger=none"], cwd=tmp_path, env=cli_env(tmp_path), capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 2
+    assert f"{tmp_path}/nowhere" in done.stderr and "Traceback" not in done.stderr, done.stderr[-2000:]
 
 
 def test_a_failing_trials_export_writes_nothing(tmp_path):

@@ -11,17 +11,15 @@ import re
 from collections.abc import Mapping, Sequence
 
 import keras_tuner as kt
-from hydra.errors import CompactHydraException
+
+from histo_exp.errors import NothingToKeep
 
 FAILED_TRIAL = f"{kt.errors.FailedTrialError.__module__}.{kt.errors.FailedTrialError.__qualname__}: "
 NON_FINITE = re.compile(r"\bbecame (NaN|infinite) at epoch\b")
 
 
-class SearchFailed(RuntimeError, CompactHydraException):
-    """No trial of the search succeeded, so there is no model to keep.
-
-    A ``CompactHydraException``: ``python -m histo_exp`` prints its message alone, not a traceback.
-    """
+class SearchFailed(NothingToKeep):
+    """No trial of the search succeeded, so there is no model to keep: said in one line, not a traceback."""
 
 
 def non_finite(history: Mapping[str, Sequence[float]]) -> str | None:
