@@ -85,6 +85,15 @@ def test_one_class_or_too_few_patients_cannot_be_split(tmp_path):
         split_by_patient(labels, np.repeat(["a", "b"], 5), 0.2, 0.2, 0)
 
 
+def test_a_dataset_that_cannot_be_split_fails_before_any_decoding(tmp_path):
+    root = tmp_path / "one_class"
+    for patient in ("90001", "90002", "90003"):
+        write_patch(root, patient, 1)
+    with pytest.raises(DatasetError, match="all 3 patches are class 1"):
+        load(data_cfg(root))
+    assert not (tmp_path / "ingest").exists()  # nothing decoded, no cache left behind
+
+
 def test_patient_split_never_leaks_and_is_deterministic(tiny_root):
     m = index(tiny_root)
     a = split_by_patient(m.labels, m.patients, 0.2, 0.2, seed=7)

@@ -11,7 +11,7 @@ import numpy as np
 
 from histo_exp.data.cache import Cached, ingest
 from histo_exp.data.index import DatasetError, Manifest, index
-from histo_exp.data.split import Split, split_by_patient
+from histo_exp.data.split import Split, check_splittable, split_by_patient
 from histo_exp.data.synthetic import SyntheticSpec, generate
 
 log = logging.getLogger(__name__)
@@ -131,6 +131,9 @@ def load(cfg: Mapping, progress: bool = True) -> PatchData:
     """Index, ingest (or reuse the cache) and split the dataset the data config describes."""
     manifest: Manifest = index(data_root(cfg), progress=progress)
     log.info("indexed %d patches under %s", len(manifest), manifest.root)
+    # The split's checks (both classes, enough patients, the fractions) on the file names, before
+    # any decoding: a dataset that cannot be split leaves no cache behind.
+    check_splittable(manifest.labels, manifest.patients, float(cfg["val_fraction"]), float(cfg["test_fraction"]))
     cached = ingest(
         manifest,
         cache_dir=cfg["cache_dir"],

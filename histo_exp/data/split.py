@@ -43,16 +43,8 @@ def _hold_out(labels, groups, fraction: float, seed: int) -> tuple[np.ndarray, n
     return next(((rest, held) for rest, held in candidates if np.unique(labels[held]).size == 2), candidates[0])
 
 
-def split_by_patient(
-    labels: np.ndarray, patients: np.ndarray, val_fraction: float, test_fraction: float, seed: int
-) -> Split:
-    """Split by patient, stratified by label as far as the patients allow, deterministically.
-
-    Tries successive seeds until validation and test each hold both classes, because AUC is
-    undefined on one class; fails with a clear error when the patients cannot give that.
-    ``test_fraction=0`` holds out no test patients (they live elsewhere, e.g. a leave-patients-out
-    benchmark that predicts them with ``histo_exp.predict``).
-    """
+def check_splittable(labels: np.ndarray, patients: np.ndarray, val_fraction: float, test_fraction: float) -> None:
+    """The fractions, both classes and enough patients: checked on file names before any decoding."""
     if not 0.0 < val_fraction < 1.0:
         raise DatasetError(f"data.val_fraction must be between 0 and 1; got {val_fraction}")
     if not 0.0 <= test_fraction < 1.0:
@@ -72,6 +64,20 @@ def split_by_patient(
             f"found {unique.size} patient(s) ({', '.join(map(str, unique))}); a patient-level "
             f"split needs at least {needed} patients"
         )
+
+
+def split_by_patient(
+    labels: np.ndarray, patients: np.ndarray, val_fraction: float, test_fraction: float, seed: int
+) -> Split:
+    """Split by patient, stratified by label as far as the patients allow, deterministically.
+
+    Tries successive seeds until validation and test each hold both classes, because AUC is
+    undefined on one class; fails with a clear error when the patients cannot give that.
+    ``test_fraction=0`` holds out no test patients (they live elsewhere, e.g. a leave-patients-out
+    benchmark that predicts them with ``histo_exp.predict``).
+    """
+    check_splittable(labels, patients, val_fraction, test_fraction)
+    unique = np.unique(patients)
     parts_needed = PARTS if test_fraction else PARTS[:2]
     for attempt in range(ATTEMPTS):
         s = seed + attempt * 7919
