@@ -44,6 +44,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
     keras.utils.set_random_seed(int(cfg.seed))
     out = Path(cfg.paths.output_dir)
     out.mkdir(parents=True, exist_ok=True)
+    check_config(cfg)
     data = load(cfg.data)
     log.info("data:\n%s", data.summary())
     log.info("keras %s on the %s backend", keras.__version__, keras.backend.backend())
@@ -129,23 +130,37 @@ def cv_folds(cfg: DictConfig, data: PatchData) -> list[tuple[PatchBatches, Patch
              PatchBatches(data.images, data.labels, val, size)) for train, val in folds]
 
 
-def build_tuner(cfg: DictConfig, data: PatchData, tracker: Tracker) -> kt.Tuner:
-    """The configured KerasTuner tuner over the model and optimizer spaces (resumed if its folder is there)."""
+def hypermodel_from_config(cfg: DictConfig, input_shape: tuple[int, int, int],
+                           class_weight: dict[int, float] | None = None) -> SpaceHyperModel:
+    """The model, optimizer and augmentation spaces and the training settings, as one hypermodel."""
     trainer = cfg.trainer
-    weights = class_weight(data, trainer.get("class_weight"))
-    if weights:
-        log.info("class weights (trainer.class_weight=auto): %s",
-                 ", ".join(f"{c}: {w:.3f}" for c, w in weights.items()))
-    hypermodel = SpaceHyperModel(
+    return SpaceHyperModel(
         instantiate(cfg.model, _partial_=True, _convert_="all"),
         instantiate(cfg.optimizer, _partial_=True, _convert_="all"),
-        data.input_shape, epochs=int(trainer.epochs),
+        input_shape, epochs=int(trainer.epochs),
         early_stopping_patience=trainer.get("early_stopping_patience"),
-        steps_per_epoch=trainer.get("steps_per_epoch"), class_weight=weights,
+        steps_per_epoch=trainer.get("steps_per_epoch"), class_weight=class_weight,
         precision=str(trainer.get("precision", "float32")),
         augment=cfg.data.get("augment") or {}, gray=cfg.data.color == "gray",
         normalize=str(cfg.data.get("normalize", "none")), seed=int(cfg.seed),
     )
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Build one model of the search spaces before any data is decoded, so that a bad spec, a network
+    that does not fit ``data.image_size`` or an unknown optimizer argument fails in seconds."""
+    size = int(cfg.data.image_size)
+    hypermodel_from_config(cfg, (size, size, 3)).build(kt.HyperParameters())  # the cache is RGB always
+    keras.backend.clear_session()
+
+
+def build_tuner(cfg: DictConfig, data: PatchData, tracker: Tracker) -> kt.Tuner:
+    """The configured KerasTuner tuner over the model and optimizer spaces (resumed if its folder is there)."""
+    weights = class_weight(data, cfg.trainer.get("class_weight"))
+    if weights:
+        log.info("class weights (trainer.class_weight=auto): %s",
+                 ", ".join(f"{c}: {w:.3f}" for c, w in weights.items()))
+    hypermodel = hypermodel_from_config(cfg, data.input_shape, weights)
     return tuner_from_config(cfg.tuner, hypermodel, tracker, cv_folds(cfg, data))
 
 

@@ -70,12 +70,18 @@ def test_predict_checks_its_output_before_any_inference(tmp_path, tiny_root, out
     assert written(tmp_path, "tree") == ["a_file", "out_folder"]
 
 
-def test_an_experiment_config_error_is_one_line_without_a_traceback(tmp_path):
-    done = subprocess.run([sys.executable, "-m", "histo_exp", "data=idc", f"data.root={tmp_path}/nowhere",
-                           "logger=none"], cwd=tmp_path, env=cli_env(tmp_path), capture_output=True, text=True,
-                          timeout=120)
-    assert done.returncode == 2
-    assert f"{tmp_path}/nowhere" in done.stderr and "Traceback" not in done.stderr, done.stderr[-2000:]
+@pytest.mark.parametrize("overrides, says", [
+    (["data=idc", "data.root=nowhere"], "nowhere"),
+    (["model.kernel_size={choice: []}"], "kernel_size: a choice is written"),  # a search-space spec
+    (["model.blocks=9"], "model.blocks=9 does not fit 50px images"),
+    (["optimizer.learning_rate={min: 0.1, max: 0.01}"], "min (0.1) is larger than max (0.01)"),
+])
+def test_an_experiment_config_error_is_one_line_before_any_data_work(tmp_path, overrides, says):
+    done = subprocess.run([sys.executable, "-m", "histo_exp", *overrides, "logger=none"], cwd=tmp_path,
+                          env=cli_env(tmp_path), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and says in done.stderr, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr and "Error executing job" not in done.stderr
+    assert not (tmp_path / "synthetic").exists() and not (tmp_path / "ingest").exists()  # nothing made or decoded
 
 
 def test_a_failing_trials_export_writes_nothing(tmp_path):
