@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
@@ -78,26 +79,31 @@ def test_launcher_gives_every_process_the_same_folder_and_port(tmp_path):
     assert device_env(1, []) == {}
 
 
+def signal_in_trial(args: list[str], cwd: Path, cache_dir: Path, trial_line: str, sig: int) -> tuple[int, str]:
+    """Run the CLI and send ``sig`` at the first training step after ``trial_line``: its exit code and output."""
+    proc = subprocess.Popen(args, cwd=cwd, env=cli_env(cache_dir), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    lines = []
+    deadline = time.time() + 480
+    in_trial = False
+    for line in proc.stdout:  # after the trial's first epoch, with many still to go
+        lines.append(line)
+        in_trial = in_trial or trial_line in line
+        if (in_trial and "/step" in line) or time.time() > deadline:
+            break
+    proc.send_signal(sig)
+    out, _ = proc.communicate(timeout=300)
+    return proc.returncode, "".join(lines) + out
+
+
 @pytest.mark.slow
 def test_interrupted_search_resumes_without_repeating_trials(tmp_path, cache_dir):
     """Ctrl-C in trial 1, rerun with the same tuner folder: trial 0 is not run again, trial 1 is
     retried (its interrupted run stays KILLED), and the same MLflow search run finishes."""
     args = [sys.executable, "-m", "histo_exp", *TINY, "tuner.max_trials=3", "trainer.epochs=25",
             "trainer.early_stopping_patience=null", f"tuner.directory={tmp_path}/search"]
-    proc = subprocess.Popen(args, cwd=tmp_path, env=cli_env(cache_dir), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-    lines = []
-    deadline = time.time() + 480
-    in_trial_1 = False
-    for line in proc.stdout:  # stop trial 1 after its first epoch, with 24 still to go
-        lines.append(line)
-        in_trial_1 = in_trial_1 or "trial 1 of at most 3" in line
-        if (in_trial_1 and "/step" in line) or time.time() > deadline:
-            break
-    proc.send_signal(signal.SIGINT)
-    out, _ = proc.communicate(timeout=300)
-    first = "".join(lines) + out
-    assert proc.returncode == 130 and "interrupted" in first, first[-3000:]
+    code, first = signal_in_trial(args, tmp_path, cache_dir, "trial 1 of at most 3", signal.SIGINT)
+    assert code == 130 and "interrupted" in first, first[-3000:]
     _, search, trials = runs(tmp_path)
     assert [r.info.status for r in search] == ["KILLED"]
     assert sorted((t.data.tags["histo_exp.trial_id"], t.info.status) for t in trials) == [
@@ -176,23 +182,13 @@ def test_a_scheduler_stop_or_a_kill_leaves_no_run_running(tmp_path, cache_dir, s
     nothing can catch, the resume closes the orphaned trial run and the search finishes."""
     args = [sys.executable, "-m", "histo_exp", *TINY, "tuner.max_trials=1", "trainer.epochs=25",
             "trainer.early_stopping_patience=null", f"tuner.directory={tmp_path}/search"]
-    proc = subprocess.Popen(args, cwd=tmp_path, env=cli_env(cache_dir), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-    lines = []
-    deadline = time.time() + 480
-    for line in proc.stdout:  # stop trial 0 after its first epoch, with 24 still to go
-        lines.append(line)
-        if "/step" in line or time.time() > deadline:
-            break
-    proc.send_signal(stop)
-    out, _ = proc.communicate(timeout=300)
-    first = "".join(lines) + out
+    code, first = signal_in_trial(args, tmp_path, cache_dir, "trial 0 of at most 1", stop)
     _, search, trials = runs(tmp_path)
     if stop == signal.SIGTERM:
-        assert proc.returncode == 143 and "interrupted (SIGTERM)" in first, first[-3000:]
+        assert code == 143 and "interrupted (SIGTERM)" in first, first[-3000:]
         assert [r.info.status for r in search] == ["KILLED"] and [t.info.status for t in trials] == ["KILLED"]
         return
-    assert proc.returncode == -signal.SIGKILL
+    assert code == -signal.SIGKILL
     assert [r.info.status for r in search] == ["RUNNING"] and [t.info.status for t in trials] == ["RUNNING"]
     orphan = trials[0].info.run_id
     again = subprocess.run([*args, "trainer.epochs=1"], cwd=tmp_path, env=cli_env(cache_dir),
