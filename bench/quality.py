@@ -193,6 +193,11 @@ def machine() -> str:
     return describe()
 
 
+def wall(train_s: list[float], folds: int) -> str:
+    """The longest fold's training time; ``*`` when some folds' times were not training times."""
+    return (f"{max(train_s):.0f}" if train_s else "-") + ("*" if len(train_s) < folds else "")
+
+
 def table(all_folds: list[Fold]) -> str:
     lines = ["| row | overrides | search | seed | pooled AUC | bal. acc. | AUC 8863 / 8864 / 8867 | fold AUCs | "
              "train s per fold (max) |", "|---|---|---|---|---|---|---|---|---|"]
@@ -207,8 +212,7 @@ def table(all_folds: list[Fold]) -> str:
             folds_auc = " ".join(f"{a:.3f}" for a in m["fold_auc"])
             search = row.budget
             lines.append(f"| {row.name} | `{' '.join(row.overrides) or '-'}` | {search} | {seed} | {m['auc']:.4f} | "
-                         f"{m['bal_acc']:.4f} | {pp} | {folds_auc} | {max(m['train_s'], default=float('nan')):.0f}"
-                         f"{'*' if len(m['train_s']) < len(all_folds) else ''} |")
+                         f"{m['bal_acc']:.4f} | {pp} | {folds_auc} | {wall(m['train_s'], len(all_folds))} |")
         if len(done) > 1:
             auc, acc = (np.array([m[k] for m in done]) for k in ("auc", "bal_acc"))
             lines.append(f"| {row.name} | | | mean of {len(done)} | **{auc.mean():.4f}** (min {auc.min():.4f}) | "
