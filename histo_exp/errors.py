@@ -13,7 +13,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 # The errors histo_exp raises for what a user passed; each message says what was wrong and what to do.
 USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError,
-               TimeoutError, OmegaConfBaseException)
+               TimeoutError, ConnectionError, OmegaConfBaseException)
 USAGE_EXIT = 2  # as argparse and most CLIs exit on a usage error
 PACKAGE = Path(__file__).resolve().parent
 

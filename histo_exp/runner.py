@@ -25,7 +25,7 @@ from histo_exp.evaluation.evaluate import Evaluation, evaluate
 from histo_exp.evaluation.plots import plot_trials
 from histo_exp.model.hypermodel import SpaceHyperModel, balanced_weights
 from histo_exp.model.saving import save_model
-from histo_exp.tracking import ERROR, KEPT, NullTracker, Tracker, ending_runs, flatten
+from histo_exp.tracking import ERROR, KEPT, NullTracker, Tracker, check_server, ending_runs, flatten
 from histo_exp.trials import from_tuner_dir, trials_csv
 from histo_exp.tuning.failures import SearchFailed, is_scored, stopped_by_failures
 from histo_exp.tuning.folder import (record_search_run, recorded_search_run, search_lock, tuner_folder,
@@ -45,6 +45,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
     out = Path(cfg.paths.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     check_config(cfg)
+    check_server(cfg.logger.get("tracking_uri"))
     data = load(cfg.data)
     log.info("data:\n%s", data.summary())
     log.info("keras %s on the %s backend", keras.__version__, keras.backend.backend())

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import cli_env
+from helpers import cli_env, free_port
 
 
 def command(cwd: Path, module: str, *args: str) -> subprocess.CompletedProcess:
@@ -120,3 +120,13 @@ def test_a_model_that_is_not_there_leaves_no_output_folder(tmp_path, tiny_root):
                    f"tracking_uri=sqlite:///{tmp_path.parent}/{tmp_path.name}-elsewhere.db")
     assert done.returncode != 0 and "missing.keras" in done.stderr
     assert written(tmp_path) == []
+
+
+def test_a_tracking_server_that_does_not_answer_fails_before_any_data_work(tmp_path):
+    """MLflow's own HTTP retries spent 255 s on this before giving up, after the data was decoded."""
+    uri = f"http://127.0.0.1:{free_port()}"
+    done = subprocess.run([sys.executable, "-m", "histo_exp", f"logger.tracking_uri={uri}"], cwd=tmp_path,
+                          env=cli_env(tmp_path), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert f"no MLflow server answers at logger.tracking_uri={uri}" in done.stderr and "make server" in done.stderr
+    assert "Traceback" not in done.stderr and not (tmp_path / "synthetic").exists()

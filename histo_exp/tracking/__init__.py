@@ -8,8 +8,8 @@ logs the servable model and keeps the registry's ``champion``; ``store`` reads a
 
 from histo_exp.tracking.base import (CHAMPION, ERROR, KEPT, MODEL_NAME, NullTracker, Tracker, ending_runs,
                                      flatten)
-from histo_exp.tracking.mlflow_tracker import MlflowTracker
+from histo_exp.tracking.mlflow_tracker import MlflowTracker, check_server
 from histo_exp.tracking.store import download_model, reader, trial_runs
 
-__all__ = ["CHAMPION", "ERROR", "KEPT", "MODEL_NAME", "MlflowTracker", "NullTracker", "Tracker",
+__all__ = ["CHAMPION", "ERROR", "KEPT", "MODEL_NAME", "MlflowTracker", "NullTracker", "Tracker", "check_server",
            "download_model", "ending_runs", "flatten", "reader", "trial_runs"]

@@ -6,6 +6,7 @@ import contextlib
 import json
 import logging
 import time
+import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,21 @@ CREATION_WAIT_S = 300.0
 logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
 
 PER_LAUNCH = ("paths.output_dir", "tuner.distributed.")  # differ at every launch: not worth a warning
+
+
+def check_server(tracking_uri: str | None, timeout_s: float = 5.0) -> None:
+    """Fail in seconds, with what to do, when a tracking server does not answer: MLflow's own HTTP
+    retries would spend minutes on it, after the data was decoded."""
+    if not tracking_uri or not tracking_uri.startswith(("http://", "https://")):
+        return
+    try:
+        with urllib.request.urlopen(f"{tracking_uri.rstrip('/')}/health", timeout=timeout_s):
+            return
+    except (OSError, ValueError) as err:
+        reason = getattr(err, "reason", err)
+        raise ConnectionError(f"no MLflow server answers at logger.tracking_uri={tracking_uri} ({reason}): "
+                              "start it (make server), or log to a local store (drop logger.tracking_uri) "
+                              "or not at all (logger=none)") from None
 
 
 def creation_lock(tracking_uri: str, timeout_s: float = CREATION_WAIT_S) -> contextlib.AbstractContextManager:
