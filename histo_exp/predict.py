@@ -36,12 +36,14 @@ def resolve_model(model: str, tracking_uri: str, scratch: Path) -> Path:
     return download_model(model, tracking_uri, scratch)
 
 
-def check_writable(path: Path, key: str) -> None:
-    """Fail before any inference when ``path`` could not be written, creating nothing: the nearest
-    folder that exists takes a temporary file (permission bits alone miss read-only mounts and root)."""
-    if path.is_dir():
+def check_writable(path: Path, key: str, folder: bool = False) -> None:
+    """Fail before any inference when the file ``path`` (or, with ``folder``, files in it) could not be
+    written, creating nothing: the nearest folder that exists takes a temporary file (permission bits
+    alone miss read-only mounts and root)."""
+    if path.is_dir() and not folder:
         raise IsADirectoryError(f"{key}={path} is a folder: name a file in it")
-    there = next(p for p in (path.parent.absolute(), *path.parent.absolute().parents) if p.exists())
+    start = path.absolute() if folder else path.parent.absolute()
+    there = next(p for p in (start, *start.parents) if p.exists())
     if not there.is_dir():
         raise NotADirectoryError(f"cannot write {key}={path}: {there} is a file, not a folder")
     try:
@@ -78,7 +80,7 @@ def predict_files(cfg: DictConfig) -> Path:
     out = Path(cfg.output)
     maps = Path(cfg.maps_dir) if cfg.maps_dir else out.with_name(out.stem + "_maps")
     check_writable(out, "output")
-    check_writable(maps / "probe", "maps_dir")
+    check_writable(maps, "maps_dir", folder=True)
     manifest = index_files(cfg.input)
     with tempfile.TemporaryDirectory() as scratch:
         path = resolve_model(str(cfg.model), str(cfg.tracking_uri), Path(scratch))

@@ -28,8 +28,8 @@ from histo_exp.model.saving import save_model
 from histo_exp.tracking import ERROR, KEPT, NullTracker, Tracker, check_server, ending_runs, flatten
 from histo_exp.trials import from_tuner_dir, trials_csv
 from histo_exp.tuning.failures import SearchFailed, is_scored, stopped_by_failures
-from histo_exp.tuning.folder import (record_search_run, recorded_search_run, search_lock, tuner_folder,
-                                     wait_for_search_run)
+from histo_exp.tuning.folder import (note_output, noted_outputs, record_search_run, recorded_search_run,
+                                     search_lock, tuner_folder, wait_for_search_run)
 from histo_exp.tuning.keep import Kept, keep
 from histo_exp.tuning.roles import kerastuner_env, role
 from histo_exp.tuning.tuners import format_hparams, tuner_from_config
@@ -44,12 +44,13 @@ def run(cfg: DictConfig) -> dict[str, float]:
     keras.utils.set_random_seed(int(cfg.seed))
     out = Path(cfg.paths.output_dir)
     out.mkdir(parents=True, exist_ok=True)
+    check_server(cfg.logger.get("tracking_uri"))  # seconds; building a model first takes longer
     check_config(cfg)
-    check_server(cfg.logger.get("tracking_uri"))
     data = load(cfg.data)
     log.info("data:\n%s", data.summary())
     log.info("keras %s on the %s backend", keras.__version__, keras.backend.backend())
     with kerastuner_env(cfg.tuner.get("distributed")):
+        note_output(tuner_folder(cfg.tuner), out)
         if role(cfg.tuner.get("distributed")) == "worker":
             return train_trials(cfg, data)
         with search_lock(tuner_folder(cfg.tuner)):
@@ -168,6 +169,7 @@ def build_tuner(cfg: DictConfig, data: PatchData, tracker: Tracker) -> kt.Tuner:
 def open_search_run(cfg: DictConfig, tracker: Tracker, folder: Path) -> None:
     """Start the search run, or reopen the one this tuner folder logged to, and record it there."""
     uri = tracker.tracking_uri
+    tracker.send_unsent(noted_outputs(folder))  # earlier launches' trials first: this one's resume counts them
     tracker.start_search(
         flatten(OmegaConf.to_container(cfg, resolve=True)), config_yaml(cfg),
         run_name=f"{cfg.task_name}-{cfg.optimizer.name}", tags=provenance(),

@@ -4,7 +4,11 @@ prediction in this process, and the test AUC recomputed from what a run saved.""
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +25,50 @@ IDC_MINI = REPO.parent / "shared" / "data" / "idc-mini"
 
 TINY = ["debug=fast", "tuner.max_trials=2", "data.synthetic.patients=6",
         "data.synthetic.patches_per_patient=40"]
+
+
+class MlflowServer:
+    """A real ``mlflow server`` on loopback, with its store and artifacts in ``folder``; it can be
+    killed and started again on the same port and store, as an outage would."""
+
+    def __init__(self, folder: Path, port: int | None = None):
+        self.folder = Path(folder)
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout_s: float = 90) -> MlflowServer:
+        self.proc = subprocess.Popen(
+            [str(Path(sys.executable).with_name("mlflow")), "server", "--backend-store-uri",
+             f"sqlite:///{self.folder}/server.db", "--artifacts-destination", str(self.folder / "artifacts"),
+             "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.time() + timeout_s
+        while True:
+            try:
+                urllib.request.urlopen(f"{self.url}/health", timeout=2)
+                return self
+            except OSError:
+                if time.time() > deadline or self.proc.poll() is not None:
+                    self.stop()
+                    raise RuntimeError(f"the MLflow server did not come up in {timeout_s:.0f} s")
+                time.sleep(0.5)
+
+    def kill(self) -> None:
+        """SIGKILL the server and its workers by their process group: a crash, not a shutdown."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, 9)
+            self.proc.wait(timeout=30)
+        self.proc = None
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, 15)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        self.proc = None
 
 
 def tracking_uri(workdir: Path) -> str:
@@ -51,6 +99,25 @@ def cli_env(cache_dir: Path) -> dict[str, str]:
     for name in [n for n in env if n.startswith("KERASTUNER_")]:  # no role from the caller's shell
         env.pop(name)
     return env
+
+
+def in_trial(args: list[str], cwd: Path, cache_dir: Path, trial_line: str,
+             act: Callable[[subprocess.Popen], None]) -> tuple[int, str]:
+    """Run the CLI and call ``act`` (send a signal, kill a server) at the first training step after
+    ``trial_line``, with epochs still to go: the CLI's exit code and output."""
+    proc = subprocess.Popen(args, cwd=cwd, env=cli_env(cache_dir), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    lines = []
+    deadline = time.time() + 480
+    started = False
+    for line in proc.stdout:
+        lines.append(line)
+        started = started or trial_line in line
+        if (started and "/step" in line) or time.time() > deadline:
+            break
+    act(proc)
+    out, _ = proc.communicate(timeout=600)
+    return proc.returncode, "".join(lines) + out
 
 
 def hypermodel(model: Mapping, optimizer: Mapping, input_shape: tuple[int, int, int],

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import inspect
 import json
 import os
@@ -328,3 +329,41 @@ def test_mlflow_models_serve_returns_idc_probabilities(store, tmp_path, keras_fi
     with predict([f"model={keras_file}", f"input={tmp_path / 'tree'}", f"output={tmp_path}/p.csv"]).open() as f:
         table = sorted(csv.DictReader(f), key=lambda row: int(row["x"]))
     np.testing.assert_allclose([float(row["prob_idc"]) for row in table], predictions, atol=2e-6)
+
+
+def test_a_full_artifact_store_keeps_the_model_back_and_sync_uploads_it(tmp_path, keras_file, patches, monkeypatch):
+    """ENOSPC from the artifact store (injected: mounting a small file system needs privileges):
+    the run still ends FINISHED with its metrics, the model waits in the output folder, and the
+    sync uploads it once there is room, once."""
+    import mlflow.pyfunc
+    from mlflow.store.artifact.local_artifact_repo import LocalArtifactRepository
+
+    from histo_exp.sync import sync
+
+    out = tmp_path / "out"
+    t = tracker(tmp_path / "mlruns", unsent_dir=str(out / "mlflow-unsent"))
+    t.start_search({"seed": 1}, "seed: 1\n", run_name="search")
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(LocalArtifactRepository, "log_artifact", full)
+    monkeypatch.setattr(LocalArtifactRepository, "log_artifacts", full)
+    t.log_metrics({"test_auc": 0.9})
+    t.log_artifact(keras_file, "model")
+    assert t.log_model(keras_file, SHAPE) is None  # not logged yet
+    t.end_search("FINISHED")
+
+    run = t.client.get_run(t.search_run_id)
+    assert run.info.status == "FINISHED" and run.data.metrics["test_auc"] == 0.9  # the metadata went on
+    assert t.unsent.pending() == 2 and "python -m histo_exp.sync folder=" in t.describe()
+    with pytest.raises(FileNotFoundError):
+        download_model(t.search_run_id, t.tracking_uri, tmp_path / "before")
+
+    monkeypatch.undo()  # room again
+    assert sync(out) == 2 and sync(out) == 0  # each write once
+    got = download_model(t.search_run_id, t.tracking_uri, tmp_path / "after")
+    assert got.read_bytes() == keras_file.read_bytes()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", t.tracking_uri)
+    model = mlflow.pyfunc.load_model(f"runs:/{t.search_run_id}/{MODEL_NAME}")
+    np.testing.assert_allclose(model.predict(patches), expected(keras_file, patches), atol=1e-6)

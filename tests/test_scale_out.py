@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import TINY, cli_env, runs, saved_model_test_auc
+from helpers import TINY, cli_env, in_trial, runs, saved_model_test_auc
 from histo_exp.launch import commands, device_env
 from histo_exp.tuning.folder import record_search_run, recorded_search_run, search_lock, wait_for_search_run
 from histo_exp.tuning.roles import kerastuner_env, role, tuner_env
@@ -81,19 +81,7 @@ def test_launcher_gives_every_process_the_same_folder_and_port(tmp_path):
 
 def signal_in_trial(args: list[str], cwd: Path, cache_dir: Path, trial_line: str, sig: int) -> tuple[int, str]:
     """Run the CLI and send ``sig`` at the first training step after ``trial_line``: its exit code and output."""
-    proc = subprocess.Popen(args, cwd=cwd, env=cli_env(cache_dir), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-    lines = []
-    deadline = time.time() + 480
-    in_trial = False
-    for line in proc.stdout:  # after the trial's first epoch, with many still to go
-        lines.append(line)
-        in_trial = in_trial or trial_line in line
-        if (in_trial and "/step" in line) or time.time() > deadline:
-            break
-    proc.send_signal(sig)
-    out, _ = proc.communicate(timeout=300)
-    return proc.returncode, "".join(lines) + out
+    return in_trial(args, cwd, cache_dir, trial_line, lambda proc: proc.send_signal(sig))
 
 
 @pytest.mark.slow

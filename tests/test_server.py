@@ -6,16 +6,13 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 import urllib.request
-from pathlib import Path
 
 import pytest
 
-from helpers import cli_env, free_port
+from helpers import MlflowServer, cli_env
 
 pytestmark = pytest.mark.slow
-MLFLOW = Path(sys.executable).with_name("mlflow")
 
 
 def api(base: str, path: str, body: dict | None = None) -> dict:
@@ -27,32 +24,11 @@ def api(base: str, path: str, body: dict | None = None) -> dict:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    tmp_path = tmp_path_factory.mktemp("server")
-    port = free_port()
-    proc = subprocess.Popen(
-        [str(MLFLOW), "server", "--backend-store-uri", f"sqlite:///{tmp_path}/server.db",
-         "--artifacts-destination", str(tmp_path / "artifacts"), "--host", "127.0.0.1",
-         "--port", str(port), "--workers", "1"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    base = f"http://127.0.0.1:{port}"
+    server = MlflowServer(tmp_path_factory.mktemp("server")).start()
     try:
-        deadline = time.time() + 90
-        while True:
-            try:
-                urllib.request.urlopen(f"{base}/health", timeout=2)
-                break
-            except OSError:
-                if time.time() > deadline or proc.poll() is not None:
-                    raise RuntimeError("the MLflow server did not come up in 90 s")
-                time.sleep(0.5)
-        yield base
+        yield server.url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        server.stop()
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +85,9 @@ class Tracker:
 
     def end_search(self, status: str) -> None:
         """Close the open runs with ``status``."""
+
+    def send_unsent(self, folders: Iterable[Path]) -> None:
+        """Send what earlier runs in ``folders`` kept while the store was away."""
 
     def describe(self) -> str:
         """Where to look at what was recorded."""

@@ -3,23 +3,20 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
-import time
+import os
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param
-from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
-from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
-from mlflow.utils.validation import MAX_DATASET_DIGEST_SIZE, MAX_PARAM_VAL_LENGTH, MAX_TAG_VAL_LENGTH
+from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH, MAX_TAG_VAL_LENGTH
 
 from histo_exp.locks import held
+from histo_exp.tracking import writes
 from histo_exp.tracking.base import ERROR, RESUMED, RETRY_OF, ROLE, TRIAL_ID, Tracker
-from histo_exp.tracking.models import log_pyfunc_model, register_version
+from histo_exp.tracking.spool import Spool, unreachable
 
 log = logging.getLogger(__name__)
 
@@ -27,8 +24,10 @@ log = logging.getLogger(__name__)
 # seconds, so only a process stuck while holding the lock makes anyone wait this long.
 CREATION_WAIT_S = 300.0
 
-# MLflow's monitor logs its start and stop at INFO: once per trial, that is noise.
+# MLflow's monitor logs its start and stop at INFO: once per trial, that is noise. urllib3 warns at
+# every HTTP retry of every request while a server is away: the tracker says it once instead.
 logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
+logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
 
 PER_LAUNCH = ("paths.output_dir", "tuner.distributed.")  # differ at every launch: not worth a warning
 
@@ -62,20 +61,30 @@ def creation_lock(tracking_uri: str, timeout_s: float = CREATION_WAIT_S) -> cont
 
 
 class MlflowTracker(Tracker):
-    """Logs through ``MlflowClient`` with explicit run ids, so nothing depends on a global run."""
+    """Logs through ``MlflowClient`` with explicit run ids, so nothing depends on a global run.
+
+    A store that stops answering mid-run does not stop training: every write it could not take
+    (and every later one, until it answers again) is kept in ``unsent_dir`` and sent when it is
+    back, by this run at its next trial, by a resume of the search, or by ``python -m histo_exp.sync``.
+    """
 
     def __init__(self, tracking_uri: str, experiment_name: str, artifact_location: str | None = None,
                  register_model: bool = False, registered_model_name: str = "histo_exp",
-                 system_metrics: bool = True, system_metrics_interval: float = 10.0):
+                 system_metrics: bool = True, system_metrics_interval: float = 10.0,
+                 unsent_dir: str | None = None, http_timeout_s: float = 20, http_retries: int = 2):
         self.tracking_uri = tracking_uri
         self.experiment_name = experiment_name
         self.register_model = register_model
         self.registered_model_name = registered_model_name
         self.system_metrics = system_metrics
         self.system_metrics_interval = float(system_metrics_interval)
+        http_settings(http_timeout_s, http_retries)
         with creation_lock(tracking_uri):
             self.client = MlflowClient(tracking_uri=tracking_uri)
             self.experiment_id = self._experiment(artifact_location)
+        self.unsent = Spool(Path(unsent_dir), tracking_uri) if unsent_dir else None
+        self.offline = False  # the store stopped answering: every write goes to the spool until it is back
+        self._said: set[str] = set()
         self.search_run_id: str | None = None
         self.trial_run_id: str | None = None
         self.model_id: str | None = None
@@ -108,21 +117,18 @@ class MlflowTracker(Tracker):
         if resume:
             log.warning("the search run %s recorded in the tuner folder is not in %s (or was deleted): "
                         "starting a new run for the resumed search", resume, self.tracking_uri)
-        run = self.client.create_run(self.experiment_id, run_name=run_name,
-                                     tags={ROLE: "search", **(tags or {})})
-        self.search_run_id = run.info.run_id
+        self.search_run_id = self._write(writes.create_run(self.experiment_id, run_name,
+                                                           {ROLE: "search", **(tags or {})}))
         self._owner = True
-        self._log_params(params)
-        self.client.log_text(self.search_run_id, config_yaml, "config.yaml")
+        self._write(writes.log_batch(self.search_run_id, params=_param_values(params)))
+        self._write(writes.log_text(self.search_run_id, config_yaml, "config.yaml"))
         self._watch(self.search_run_id)
 
     def _reopen(self, run: Any, params: Mapping[str, Any], tags: Mapping[str, str]) -> None:
         self.search_run_id = run.info.run_id
         self._owner = True
-        self.client.update_run(self.search_run_id, status="RUNNING")
+        self._write(writes.set_status(self.search_run_id, "RUNNING", ended=False))
         resumed = int(run.data.tags.get(RESUMED, "0")) + 1
-        for key, value in {**tags, RESUMED: str(resumed)}.items():
-            self.client.set_tag(self.search_run_id, key, value)
         old = run.data.params
         new = _param_values(params)
         changed = {k: (old[k], v) for k, v in new.items()
@@ -130,20 +136,19 @@ class MlflowTracker(Tracker):
         if changed:
             log.warning("resumed with changed settings; the run keeps its first params: %s",
                         ", ".join(f"{k}: {a} -> {b}" for k, (a, b) in changed.items()))
-        self._log_params({k: v for k, v in new.items() if k not in old})
+        self._write(writes.log_batch(self.search_run_id, tags={**tags, RESUMED: str(resumed)},
+                                     params={k: v for k, v in new.items() if k not in old}))
         self._close_orphans()
         log.info("resuming MLflow search run %s (resume #%d)", self.search_run_id, resumed)
 
     def _close_orphans(self) -> None:
         """Mark KILLED the trial runs a killed process left RUNNING (SIGKILL, a lost machine): nothing
         else can end them, and a resume runs before any trial of its own (a chief before its workers)."""
-        orphans = self.client.search_runs(
-            [self.experiment_id],
-            f"tags.`mlflow.parentRunId` = '{self.search_run_id}' and attributes.status = 'RUNNING'")
+        orphans = self._search(f"tags.`mlflow.parentRunId` = '{self.search_run_id}' and attributes.status = 'RUNNING'")
         for run in orphans:
-            self.client.set_tag(run.info.run_id, ERROR, "its process ended without closing it (killed); "
-                                "the trial is retried by the resumed search")
-            self.client.set_terminated(run.info.run_id, status="KILLED")
+            self._write(writes.log_batch(run.info.run_id, tags={
+                ERROR: "its process ended without closing it (killed); the trial is retried by the resumed search"}))
+            self._write(writes.set_status(run.info.run_id, "KILLED"))
         if orphans:
             log.warning("marked KILLED %d trial run(s) left RUNNING by a process that was killed: %s",
                         len(orphans), ", ".join(r.info.run_id for r in orphans))
@@ -160,83 +165,53 @@ class MlflowTracker(Tracker):
     def start_trial(self, trial_id: str, hparams: Mapping[str, Any],
                     tags: Mapping[str, str] | None = None) -> None:
         """A nested run per attempt at a trial; a retry (after a resume) names the runs before it."""
-        earlier = self.client.search_runs(
-            [self.experiment_id],
-            f"tags.`mlflow.parentRunId` = '{self.search_run_id}' and tags.`{TRIAL_ID}` = '{trial_id}'")
+        self._reconnect()
+        earlier = self._search(f"tags.`mlflow.parentRunId` = '{self.search_run_id}' and tags.`{TRIAL_ID}` = '{trial_id}'")
         retry = {RETRY_OF: ",".join(r.info.run_id for r in earlier)} if earlier else {}
-        run = self.client.create_run(
-            self.experiment_id,
-            run_name=f"trial-{trial_id}",
-            tags={ROLE: "trial", "mlflow.parentRunId": self.search_run_id, TRIAL_ID: trial_id,
-                  **retry, **(tags or {})},
-        )
-        self.trial_run_id = run.info.run_id
+        self.trial_run_id = self._write(writes.create_run(
+            self.experiment_id, f"trial-{trial_id}",
+            {ROLE: "trial", "mlflow.parentRunId": self.search_run_id, TRIAL_ID: trial_id, **retry, **(tags or {})}))
         self._next_step = 0
-        self.client.log_batch(self.trial_run_id,
-                              params=[Param(k, v) for k, v in _param_values(hparams).items()])
+        self._write(writes.log_batch(self.trial_run_id, params=_param_values(hparams)))
         self._watch(self.trial_run_id)
 
     def log_epoch(self, epoch: int, metrics: Mapping[str, float]) -> None:
         if self.trial_run_id:
-            self._log(self.trial_run_id, metrics, step=epoch)
+            self._write(writes.log_batch(self.trial_run_id, metrics, step=epoch))
             self._next_step = epoch + 1
 
     def end_trial(self, status: str, metrics: Mapping[str, float], error: str | None = None) -> None:
         if not self.trial_run_id:
             return
         self._unwatch(self.trial_run_id)
-        if metrics:
-            # After the last epoch, so MLflow's latest value of the metric is the final one.
-            self._log(self.trial_run_id, metrics, step=self._next_step)
-        if error:
-            self.client.set_tag(self.trial_run_id, ERROR, error[-MAX_TAG_VAL_LENGTH:])
-        self.client.set_terminated(self.trial_run_id, status=status)
+        # After the last epoch, so MLflow's latest value of the metric is the final one.
+        self._write(writes.log_batch(self.trial_run_id, metrics, step=self._next_step,
+                                     tags={ERROR: error[-MAX_TAG_VAL_LENGTH:]} if error else None))
+        self._write(writes.set_status(self.trial_run_id, status))
         self.trial_run_id = None
 
     def log_metrics(self, metrics: Mapping[str, float]) -> None:
-        self._log(self.search_run_id, metrics)
+        self._write(writes.log_batch(self.search_run_id, metrics))
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
-        self.client.log_artifact(self.search_run_id, str(path), artifact_path)
+        self._write(writes.log_artifact(self.search_run_id, path, artifact_path))
 
     def log_trial_artifact(self, path: str | Path) -> None:
         if self.trial_run_id:
-            self.client.log_artifact(self.trial_run_id, str(path))
+            self._write(writes.log_artifact(self.trial_run_id, path))
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
-        for key, value in tags.items():
-            self.client.set_tag(self.search_run_id, key, str(value)[:MAX_TAG_VAL_LENGTH])
+        self._write(writes.log_batch(self.search_run_id, tags={k: str(v)[:MAX_TAG_VAL_LENGTH] for k, v in tags.items()}))
 
     def log_dataset(self, name: str, digest: str, source: str, profile: Mapping[str, int]) -> None:
-        """The data as an MLflow input of the search run (the UI's Datasets column), once per run.
-
-        ``digest`` is the data cache fingerprint, ``source`` the data root, ``profile`` the patch
-        and patient counts per split. MLflow keeps one dataset per name and digest in an
-        experiment, so a resumed run (or another run on the same data) adds no duplicate.
-        """
-        short = digest[:MAX_DATASET_DIGEST_SIZE]
-        run = self._run(self.search_run_id)
-        if run is not None and any(d.dataset.name == name and d.dataset.digest == short
-                                   for d in run.inputs.dataset_inputs):
-            return
-        profile = {**profile, **({"fingerprint": digest} if short != digest else {})}
-        dataset = Dataset(name=name, digest=short, source_type="local", source=json.dumps({"uri": source}),
-                          profile=json.dumps(profile))
-        inputs = [DatasetInput(dataset, tags=[InputTag(MLFLOW_DATASET_CONTEXT, "training")])]
-        try:
-            self.client.log_inputs(self.search_run_id, inputs)
-        except MlflowException as error:
-            # Parallel searches on the same data (a multirun's launcher) race to insert the one
-            # dataset row; the loser's retry finds that row and only links it to its run.
-            if "UNIQUE constraint" not in str(error) and "IntegrityError" not in str(error):
-                raise
-            self.client.log_inputs(self.search_run_id, inputs)
+        """The data as an MLflow input of the search run (the UI's Datasets column), once per run."""
+        self._write(writes.log_dataset(self.search_run_id, name, digest, source, profile))
 
     def log_model(self, keras_path: Path, input_shape: tuple[int, int, int]) -> str | None:
-        """Log the model as an MLflow pyfunc model of the search run; returns ``models:/<model id>``."""
-        self.model_id = log_pyfunc_model(self.client, self.experiment_id, self.search_run_id, keras_path,
-                                         input_shape)
-        return f"models:/{self.model_id}"
+        """Log the model as an MLflow pyfunc model of the search run; returns ``models:/<model id>``
+        (None while the store is away: the sync logs it)."""
+        self.model_id = self._write(writes.log_model(self.experiment_id, self.search_run_id, keras_path, input_shape))
+        return None if writes.is_offline(self.model_id) else f"models:/{self.model_id}"
 
     def register(self, val_auc: float, fingerprint: str) -> str | None:
         """Register the logged model (``logger.register_model``); ``champion`` moves if it is the best."""
@@ -246,28 +221,109 @@ class MlflowTracker(Tracker):
             log.warning("logger.register_model is set, but no model was logged (log_model): "
                         "nothing to register")
             return None
-        return register_version(self.client, self.registered_model_name, self.model_id, self.search_run_id,
-                                val_auc, fingerprint)
+        return self._write(writes.register(self.registered_model_name, self.model_id, self.search_run_id,
+                                           val_auc, fingerprint))
 
     def end_search(self, status: str) -> None:
+        self._reconnect()
         if self.trial_run_id:
             self.end_trial(status, {})
         if self.search_run_id and self._owner:
             self._unwatch(self.search_run_id)
-            self.client.set_terminated(self.search_run_id, status=status)
+            self._write(writes.set_status(self.search_run_id, status))
+
+    def send_unsent(self, folders: Iterable[Path]) -> None:
+        """Send what earlier processes of this search kept while the store was away (on resume),
+        so that their trials are in the store before this one counts and retries them."""
+        for folder in folders:
+            for spool in Spool.under(folder):
+                if spool.store_uri() != self.tracking_uri or not spool.pending():
+                    continue
+                try:
+                    sent = spool.send(self.client)
+                except Exception as err:
+                    if not unreachable(err):
+                        raise
+                    log.warning("could not send the MLflow writes kept in %s (%s); `python -m histo_exp.sync "
+                                "folder=%s` sends them later", spool.folder, _reason(err), spool.folder)
+                    continue
+                log.info("sent %d MLflow write(s) kept by an earlier run in %s", sent, spool.folder)
 
     def describe(self) -> str:
         store = self.tracking_uri
         # The UI opens on GenAI pages unless asked for the training runs.
         page = f"#/experiments/{self.experiment_id}/runs?workflowType=machine_learning"
         if store.startswith(("http://", "https://")):
-            return f"MLflow UI: {store.rstrip('/')}/{page}"
-        return (f"MLflow UI: make ui, then open http://127.0.0.1:5000/{page}\n"
-                f"  (or: mlflow ui --backend-store-uri {store})")
+            where = f"MLflow UI: {store.rstrip('/')}/{page}"
+        else:
+            where = (f"MLflow UI: make ui, then open http://127.0.0.1:5000/{page}\n"
+                     f"  (or: mlflow ui --backend-store-uri {store})")
+        pending = self.unsent.pending() if self.unsent else 0
+        if pending:
+            where += (f"\n{pending} MLflow write(s) are kept in {self.unsent.folder}, not in the store yet: "
+                      f"`python -m histo_exp.sync folder={self.unsent.folder.parent}` sends them once it is back")
+        return where
+
+    def _write(self, write: writes.Write) -> str | None:
+        """Carry ``write`` out on the store, or keep it when the store cannot take it (or it names a
+        run made while the store was away); returns the id a new run or model got (an offline id if kept)."""
+        if self.unsent is None:
+            return writes.apply(self.client, write)
+        if not self.offline and not writes.refers_offline(write):
+            try:
+                return writes.apply(self.client, write)
+            except Exception as err:
+                if not unreachable(err):
+                    raise
+                self._lost(write, err)
+        try:
+            self.unsent.keep(write)
+        except OSError as err:
+            log.error("MLflow write %s lost: the store did not take it and %s could not keep it (%s)",
+                      write["op"], self.unsent.folder, err)
+        return write.get("id")
+
+    def _lost(self, write: writes.Write, err: BaseException) -> None:
+        """Say once what happened and where the writes go; a failed artifact upload (a full disk, say)
+        keeps that file back, a failed metadata write takes the tracker offline until the store answers."""
+        artifact = write["op"] in writes.ARTIFACTS
+        if not artifact:
+            self.offline = True
+            logging.getLogger("mlflow.system_metrics").setLevel(logging.CRITICAL)  # its own failures, each sample
+            for run_id in list(self._monitors):
+                self._unwatch(run_id)
+        kind = "artifact" if artifact else "store"
+        if kind not in self._said:
+            self._said.add(kind)
+            what = (f"could not store an artifact of run {write.get('run')} ({_reason(err)})" if artifact else
+                    f"the MLflow store {self.tracking_uri} stopped answering ({_reason(err)})")
+            log.warning("%s: training goes on, and what was not sent is kept in %s; it is sent when the store "
+                        "answers again (at the next trial, on resume, or by `python -m histo_exp.sync folder=%s`)",
+                        what, self.unsent.folder, self.unsent.folder.parent)
+
+    def _reconnect(self) -> None:
+        """While offline, ask the store whether it is back (seconds); if so, send what was kept and go on online."""
+        if not (self.offline and self.unsent):
+            return
+        try:
+            check_server(self.tracking_uri, timeout_s=2.0)
+            sent = self.unsent.send(self.client)
+        except Exception as err:
+            if not unreachable(err):
+                raise
+            return
+        ids = self.unsent.progress()["ids"]
+        self.search_run_id, self.trial_run_id, self.model_id = (
+            ids.get(r, r) if r else r for r in (self.search_run_id, self.trial_run_id, self.model_id))
+        self.offline = False
+        self._said.discard("store")
+        logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
+        log.warning("the MLflow store %s answers again: sent the %d write(s) kept while it was away",
+                    self.tracking_uri, sent)
 
     def _watch(self, run_id: str, resume: bool = False) -> None:
         """Log CPU, memory, disk, network (and GPU, where NVML finds one) as ``system/*`` metrics."""
-        if not self.system_metrics:
+        if not self.system_metrics or self.offline or writes.is_offline(run_id):
             return
         try:
             from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
@@ -288,26 +344,39 @@ class MlflowTracker(Tracker):
             monitor.finish()
 
     def _run(self, run_id: str) -> Any:
+        if self.offline or writes.is_offline(run_id):
+            return None
         try:
             return self.client.get_run(run_id)
         except Exception:  # MlflowException: no such run in this store
             return None
 
-    def _log_params(self, params: Mapping[str, Any]) -> None:
-        """``log_batch`` splits the params into batches MLflow accepts."""
-        self.client.log_batch(self.search_run_id,
-                              params=[Param(k, v) for k, v in _param_values(params).items()])
+    def _search(self, query: str) -> list:
+        """Runs of this experiment matching ``query``; none while the store is away."""
+        if self.offline or writes.is_offline(self.search_run_id):
+            return []
+        try:
+            return self.client.search_runs([self.experiment_id], query)
+        except Exception as err:
+            if self.unsent is None or not unreachable(err):
+                raise
+            return []
 
-    def _log(self, run_id: str, metrics: Mapping[str, float], step: int = 0) -> None:
-        now = int(time.time() * 1000)
-        batch = [Metric(k, float(v), now, step) for k, v in metrics.items() if v is not None]
-        self.client.log_batch(run_id, metrics=batch)
+
+def http_settings(timeout_s: float, retries: int) -> None:
+    """MLflow's HTTP timeout and retries for this process: its defaults (120 s, 7 retries with
+    growing back-off) spend minutes on a server that is gone before a write is kept for later."""
+    os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(int(timeout_s))
+    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = str(int(retries))
+    os.environ["MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"] = "1"
 
 
+def _reason(err: BaseException) -> str:
+    """The first line of an error, cut short: MLflow's connection errors run to hundreds of characters."""
+    text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return text if len(text) <= 160 else text[:157] + "..."
 
 
 def _param_values(params: Mapping[str, Any]) -> dict[str, str]:
     """Param values as MLflow stores them: strings cut at its length limit."""
     return {k: str(v)[:MAX_PARAM_VAL_LENGTH] for k, v in params.items()}
-
-

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from mlflow.entities import LoggedModelStatus
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
@@ -41,7 +42,14 @@ def download_model(ref: str, tracking_uri: str, folder: Path) -> Path:
             "model URI (models:/<name>@<alias>, models:/<name>/<version>, models:/<model id>, "
             f"runs:/<run id>/{MODEL_NAME}); pass tracking_uri=... for another store"
         ) from err
-    return Path(client.download_artifacts(ref, KERAS_RUN_ARTIFACT, str(folder)))
+    try:
+        return Path(client.download_artifacts(ref, KERAS_RUN_ARTIFACT, str(folder)))
+    except MlflowException:
+        raise FileNotFoundError(
+            f"run {ref} has no {KERAS_RUN_ARTIFACT} in {tracking_uri}: it is not a search run, or the store "
+            "could not take the model when it ended (the run then said so and kept it in its output folder: "
+            "`python -m histo_exp.sync folder=<that folder>` uploads it, or pass model=<that folder>/best_model.keras)"
+        ) from None
 
 
 def _download_pyfunc_keras(uri: str, tracking_uri: str, folder: Path) -> Path:
@@ -96,9 +104,10 @@ def _logged_model_of_run(client: MlflowClient, run_id: str, name: str) -> Any:
         token = page.token
         if not token:
             break
-    if not mine:
-        raise MlflowException(f"run {run_id} logged no model named {name!r}")
-    return max(mine, key=lambda m: m.creation_timestamp)
+    ready = [m for m in mine if m.status == LoggedModelStatus.READY]  # not one whose upload failed
+    if not ready:
+        raise MlflowException(f"run {run_id} logged no model named {name!r} (that finished uploading)")
+    return max(ready, key=lambda m: m.creation_timestamp)
 
 
 def trial_runs(run_id: str, tracking_uri: str) -> list[dict[str, Any]]:

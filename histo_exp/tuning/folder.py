@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 RUN_FILE = "histo_exp_run.json"
+OUTPUTS = "histo_exp_outputs.txt"  # the output folders of the processes that ran the search
 
 
 def tuner_folder(cfg: Mapping) -> Path:
@@ -75,3 +76,20 @@ def wait_for_search_run(folder: Path, tracking_uri: str, is_running: Callable[[s
         "(tuner.distributed.role=chief) with the same tuner.directory and logger.tracking_uri, "
         "or raise tuner.distributed.timeout_s"
     )
+
+
+def note_output(folder: Path, output_dir: Path) -> None:
+    """Add a process's output folder to the search's list (each process of each launch has one), so
+    a resume finds the MLflow writes any of them kept while the store was away."""
+    folder.mkdir(parents=True, exist_ok=True)
+    if str(output_dir) not in map(str, noted_outputs(folder)):
+        with open(folder / OUTPUTS, "a") as handle:  # one short append: atomic among processes
+            handle.write(f"{output_dir}\n")
+
+
+def noted_outputs(folder: Path) -> list[Path]:
+    """The output folders of every process that has worked on the search in ``folder``."""
+    try:
+        return [Path(line) for line in (folder / OUTPUTS).read_text().splitlines() if line]
+    except FileNotFoundError:
+        return []

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import shutil
 from collections.abc import Mapping, Sequence
@@ -18,7 +17,7 @@ from hydra.utils import instantiate
 from histo_exp.evaluation.plots import plot_history
 from histo_exp.space import to_plain
 from histo_exp.tracking import NullTracker, Tracker
-from histo_exp.tuning.failures import (fail_if_non_finite, failure_reason, is_scored, stopped_by_failures,
+from histo_exp.tuning.failures import (fail_if_non_finite, failure_reason, is_scored, non_finite, stopped_by_failures,
                                        trial_error)
 from histo_exp.tuning.folder import tuner_folder
 from histo_exp.tuning.roles import role
@@ -102,7 +101,7 @@ class TrackedTuner:
         self.tracker.log_epoch(epoch, {prefix + name: value for name, value in (logs or {}).items()})
         for name, value in (logs or {}).items():
             self.histories[-1].setdefault(name, []).append(float(value))
-        if not all(math.isfinite(float(value)) for value in (logs or {}).values()):
+        if non_finite({name: [float(value)] for name, value in (logs or {}).items()}):
             model.stop_training = True  # TerminateOnNaN watches the training loss only; run_trial then fails it
 
     def on_trial_end(self, trial: kt.engine.trial.Trial) -> None:
