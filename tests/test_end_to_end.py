@@ -127,18 +127,24 @@ def test_bad_input_fails_with_a_clear_message(run_cli, tmp_path, args, message):
     assert sorted(p.name for p in run_dir.iterdir()) == [".hydra", "__main__.log"]
 
 
-def test_runs_under_the_jax_backend(tmp_path, cache_dir):
+def test_runs_on_jax_where_tensorflow_is_not_installed(tmp_path, cache_dir):
+    """A GPU machine with jax and no TensorFlow: the search, its tracking and prediction never import
+    TensorFlow, and histo_exp picks the jax backend by itself."""
     pytest.importorskip("jax", reason="jax is not installed (pip install -e '.[jax]')")
-    done = subprocess.run(
-        [sys.executable, "-m", "histo_exp", *TINY, "tuner.max_trials=1"],
-        cwd=tmp_path, env={**cli_env(cache_dir), "KERAS_BACKEND": "jax"},
-        capture_output=True, text=True, timeout=600,
-    )
+    without_tf = [sys.executable, str(Path(__file__).with_name("without_tensorflow.py"))]
+    done = subprocess.run([*without_tf, "histo_exp", *TINY, "tuner.max_trials=1", "hydra.run.dir=out"],
+                          cwd=tmp_path, env=cli_env(cache_dir), capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "on the jax backend" in done.stdout + done.stderr
     _, search, trials = runs(tmp_path)
     assert search[0].info.status == "FINISHED" and len(trials) == 1
     assert search[0].data.tags["histo_exp.keras_backend"] == "jax"
+    patch = next(cache_dir.rglob("*.png"))
+    predicted = subprocess.run([*without_tf, "histo_exp.predict", "model=out/best_model.keras", f"input={patch}",
+                                "output=p.csv"], cwd=tmp_path, env=cli_env(cache_dir), capture_output=True,
+                               text=True, timeout=600)
+    assert predicted.returncode == 0, predicted.stderr[-3000:]
+    assert (tmp_path / "p.csv").read_text().count("\n") == 2
 
 
 @pytest.mark.skipif(not IDC_MINI.is_dir(), reason=f"the real IDC sample is absent ({IDC_MINI})")
