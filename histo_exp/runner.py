@@ -145,6 +145,9 @@ def hypermodel_from_config(cfg: DictConfig, input_shape: tuple[int, int, int],
         precision=str(trainer.get("precision", "float32")),
         augment=cfg.data.get("augment") or {}, gray=cfg.data.color == "gray",
         normalize=str(cfg.data.get("normalize", "none")), seed=int(cfg.seed),
+        steps_per_execution=int(trainer.get("steps_per_execution", 1)),
+        lr_scaling=str(trainer.get("lr_scaling", "none")), batch_size=int(trainer.batch_size),
+        lr_base_batch=int(trainer.get("lr_base_batch", 64)),
     )
 
 

@@ -11,7 +11,7 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from histo_exp.model.cnn import block_widths, build_cnn, max_blocks
-from histo_exp.model.hypermodel import SpaceHyperModel
+from histo_exp.model.hypermodel import SpaceHyperModel, lr_factor
 from histo_exp.model.saving import load_model
 
 from helpers import TINY, flat_layers, predict
@@ -217,6 +217,29 @@ def test_each_option_trains_a_step_in_mixed_bfloat16(options):
     if options.get("batch_norm"):
         [bn, *_] = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
         assert bn.compute_dtype == "bfloat16" and bn.moving_variance.dtype == "float32"
+
+
+@pytest.mark.parametrize("batch", [1024, 4096])
+def test_large_batches_train_several_steps_per_execution_with_a_scaled_learning_rate(batch):
+    """GPU settings on a CPU: a batch of 4096 and 4 steps per compiled call train without error, and
+    the sampled learning rate grows with the batch by the rule asked for."""
+    hypermodel = make_hypermodel({"blocks": 1, "filters": 4, "dense_units": [8, 8, 8]},
+                                 {"learning_rate": 1e-3}, (16, 16, 3), steps_per_execution=4,
+                                 lr_scaling="sqrt", batch_size=batch, lr_base_batch=64)
+    model = hypermodel.build(kt.HyperParameters())
+    assert float(model.optimizer.learning_rate) == pytest.approx(1e-3 * (batch / 64) ** 0.5)
+    assert model.steps_per_execution == 4
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (2 * batch, 16, 16, 3), dtype=np.uint8)
+    y = np.eye(2, dtype="float32")[rng.integers(0, 2, 2 * batch)]
+    history = model.fit(x, y, batch_size=batch, epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"][0])
+
+
+def test_learning_rate_scaling_rules():
+    assert [lr_factor(rule, 1024, 64) for rule in ("none", "linear", "sqrt")] == [1.0, 16.0, 4.0]
+    with pytest.raises(ValueError, match="none, linear, sqrt"):
+        lr_factor("cubic", 1024, 64)
 
 
 @pytest.mark.slow

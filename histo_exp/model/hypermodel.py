@@ -52,6 +52,16 @@ def bound_blocks(model_cfg: Mapping, image_size: int) -> dict:
     return model
 
 
+def lr_factor(scaling: str, batch_size: int, base_batch: int) -> float:
+    """How much a learning rate chosen for ``base_batch`` grows at ``batch_size``: ``none`` (1),
+    ``linear`` (Goyal et al. 2017, for SGD) or ``sqrt`` (the usual rule for Adam and RMSprop)."""
+    ratio = batch_size / base_batch
+    factors = {"none": 1.0, "linear": ratio, "sqrt": ratio ** 0.5}
+    if scaling not in factors:
+        raise ValueError(f"trainer.lr_scaling must be one of {', '.join(factors)}; got {scaling!r}")
+    return factors[scaling]
+
+
 class SpaceHyperModel(kt.HyperModel):
     """Builds and compiles one trial's model from the sampled builder and optimizer, and fits it."""
 
@@ -69,6 +79,10 @@ class SpaceHyperModel(kt.HyperModel):
         gray: bool = False,
         normalize: str = "none",
         seed: int | None = None,
+        steps_per_execution: int = 1,
+        lr_scaling: str = "none",
+        batch_size: int = 64,
+        lr_base_batch: int = 64,
     ) -> None:
         super().__init__(name=str(model.keywords.get("name", model.func.__name__)))
         self.build_model: Callable[..., keras.Model] = model.func
@@ -85,6 +99,8 @@ class SpaceHyperModel(kt.HyperModel):
         self.gray = gray
         self.normalize = normalize
         self.seed = seed
+        self.steps_per_execution = int(steps_per_execution)
+        self.lr_factor = lr_factor(lr_scaling, batch_size, lr_base_batch)
 
     def build(self, hp: kt.HyperParameters) -> keras.Model:
         """The sampled network behind the input layers: training-only augmentation, then gray if asked.
@@ -97,10 +113,14 @@ class SpaceHyperModel(kt.HyperModel):
         net = self.build_model((*self.input_shape[:-1], channels), **sample(hp, self.model_space),
                                dtype=self.precision)
         model = keras.Sequential([keras.Input(self.input_shape), *front, net], name=net.name) if front else net
+        settings = sample(hp, self.optimizer_space)
+        if "learning_rate" in settings and self.lr_factor != 1:  # the space is written for lr_base_batch
+            settings["learning_rate"] = float(settings["learning_rate"]) * self.lr_factor
         model.compile(
-            optimizer=self.make_optimizer(**sample(hp, self.optimizer_space)),
+            optimizer=self.make_optimizer(**settings),
             loss=keras.losses.BinaryCrossentropy(),
             metrics=[IdcAUC(name="auc")],
+            steps_per_execution=self.steps_per_execution,
         )
         return model
 
