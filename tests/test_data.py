@@ -110,6 +110,24 @@ def test_patient_split_never_leaks_and_is_deterministic(tiny_root):
     assert set(a.patients(m.patients).values()) == {"train", "val", "test"}
 
 
+def test_a_cached_dataset_reads_its_split_instead_of_making_it_again(tiny_root, tmp_path, monkeypatch):
+    import histo_exp.data.split as split
+
+    root = tmp_path / "copy"
+    shutil.copytree(tiny_root, root)
+    first = load(data_cfg(root, seed=3), progress=False)
+    saved = sorted(p.name for p in first.cache.glob("split-*.npz"))
+    assert saved == ["split-val0.2-test0.2-seed3.npz"]
+    monkeypatch.setattr(split, "split_by_patient", lambda *a: pytest.fail("split made again"))
+    again = load(data_cfg(root, seed=3), progress=False)
+    assert all(np.array_equal(getattr(first.split, p), getattr(again.split, p)) for p in ("train", "val", "test"))
+    monkeypatch.undo()
+    other = load(data_cfg(root, seed=4), progress=False)  # other settings: a split of their own
+    fresh = split_by_patient(other.labels, other.patients, 0.2, 0.2, seed=4)
+    assert all(np.array_equal(getattr(other.split, p), getattr(fresh, p)) for p in ("train", "val", "test"))
+    assert len(list(first.cache.glob("split-*.npz"))) == 2
+
+
 def test_unreadable_files_are_skipped_and_reported(tiny_root, tmp_path):
     root = tmp_path / "copy"
     shutil.copytree(tiny_root, root)

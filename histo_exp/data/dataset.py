@@ -11,7 +11,7 @@ import numpy as np
 
 from histo_exp.data.cache import Cached, ingest
 from histo_exp.data.index import DatasetError, Manifest, index
-from histo_exp.data.split import Split, check_splittable, split_by_patient
+from histo_exp.data.split import Split, check_splittable, split_once
 from histo_exp.data.synthetic import SyntheticSpec, generate
 
 log = logging.getLogger(__name__)
@@ -147,11 +147,8 @@ def load(cfg: Mapping, progress: bool = True) -> PatchData:
     kept = np.flatnonzero(cached.keep)
     if kept.size == 0:
         raise DatasetError(f"none of the {len(manifest)} patches under {manifest.root} could be read")
-    inner = split_by_patient(
-        manifest.labels[kept], manifest.patients[kept], float(cfg["val_fraction"]),
-        float(cfg["test_fraction"]), int(cfg["seed"]),
-    )
-    split = Split(train=kept[inner.train], val=kept[inner.val], test=kept[inner.test])
+    split = split_once(cached.folder, kept, manifest.labels, manifest.patients, float(cfg["val_fraction"]),
+                       float(cfg["test_fraction"]), int(cfg["seed"]))
     return PatchData(
         images=cached.images, labels=manifest.labels, patients=manifest.patients,
         x=manifest.x, y=manifest.y, split=split,

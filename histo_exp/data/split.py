@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
-from sklearn.model_selection import StratifiedGroupKFold
 
 from histo_exp.data.index import DatasetError
 
@@ -34,6 +35,8 @@ def _hold_out(labels, groups, fraction: float, seed: int) -> tuple[np.ndarray, n
 
     The first of the splitter's folds whose held-out part holds both classes (else its first fold).
     """
+    from sklearn.model_selection import StratifiedGroupKFold  # a second of import: only when a split is made
+
     folds = max(2, round(1.0 / fraction))
     n_groups = len(np.unique(groups))
     if n_groups < folds:
@@ -97,6 +100,27 @@ def split_by_patient(
     )
 
 
+def split_once(folder: Path, kept: np.ndarray, labels: np.ndarray, patients: np.ndarray, val_fraction: float,
+               test_fraction: float, seed: int) -> Split:
+    """``split_by_patient`` of the ``kept`` rows, made once per cache and settings and saved in the
+    cache ``folder``: a run on a cached dataset then reads it (and imports no scikit-learn)."""
+    path = folder / f"split-val{val_fraction:g}-test{test_fraction:g}-seed{seed}.npz"
+    try:
+        with np.load(path) as saved:
+            return Split(*(saved[part] for part in PARTS))
+    except (OSError, KeyError, ValueError):
+        pass
+    inner = split_by_patient(labels[kept], patients[kept], val_fraction, test_fraction, seed)
+    split = Split(*(kept[getattr(inner, part)] for part in PARTS))
+    partial = folder / f".{path.stem}.{os.getpid()}.npz"
+    try:
+        np.savez(partial, **{part: getattr(split, part) for part in PARTS})
+        partial.replace(path)
+    except OSError as err:  # a read-only cache: split again next time
+        log.debug("could not keep the split in %s (%s)", folder, err)
+    return split
+
+
 def max_folds(labels: np.ndarray, patients: np.ndarray) -> int:
     """How many patient-grouped folds can each hold both classes: the patients holding the rarer one.
 
@@ -122,6 +146,8 @@ def patient_folds(labels: np.ndarray, patients: np.ndarray, rows: np.ndarray, k:
         k = cap
     if k < 2:
         return []
+    from sklearn.model_selection import StratifiedGroupKFold
+
     for attempt in range(ATTEMPTS):
         splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed + attempt * 7919)
         folds = [(rows[a], rows[b]) for a, b in splitter.split(rows, labels[rows], patients[rows])]
