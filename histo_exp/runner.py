@@ -62,7 +62,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
                 search(cfg, data, tuner)
                 kept = keep_model(cfg, data, tuner, tracker)
                 log.info(kept.description)
-                result = evaluate(kept.test_model, kept.val, data, cfg.eval, int(cfg.trainer.batch_size), out,
+                result = evaluate(kept.test_model, kept.val, data, cfg.eval, int(cfg.eval.batch_size), out,
                                   int(cfg.seed))
                 metrics = log_results(cfg, data, kept, tuner, result, tracker, out)
     log.info("outputs: %s\n%s", out, tracker.describe())

@@ -1,5 +1,6 @@
 """Metrics against scikit-learn, threshold choice, patient bootstrap, plots and slide maps."""
 
+import cv2
 import numpy as np
 import pytest
 from sklearn.metrics import (
@@ -12,7 +13,7 @@ from sklearn.metrics import (
 )
 
 from histo_exp.data.index import index
-from histo_exp.evaluation.maps import grid, plot_patient_map
+from histo_exp.evaluation.maps import STEP, THUMB, grid, mosaic, plot_patient_map
 from histo_exp.evaluation.metrics import Scores, binary_metrics, bootstrap_by_patient, choose_threshold, rank_auc
 from histo_exp.evaluation.plots import plot_confusion, plot_history, plot_pr, plot_roc, plot_trials
 
@@ -112,3 +113,21 @@ def test_the_bootstraps_auc_equals_scikit_learns_with_ties(n, decimals):
     p = np.round(np.clip(0.3 * y + rng.random(n), 0, 1), decimals)  # rounding makes ties
     assert rank_auc(y, p) == pytest.approx(roc_auc_score(y, p), abs=1e-12)
     assert rank_auc(y, np.full(n, 0.5)) == 0.5
+
+
+@pytest.mark.parametrize("channels", [3, 1])
+def test_the_tissue_mosaic_puts_each_shrunk_patch_at_its_place(channels):
+    """The one-resize mosaic equals shrinking each patch on its own and placing it by its coordinates."""
+    rng = np.random.default_rng(0)
+    cells = rng.choice(12 * 9, 40, replace=False)
+    x, y = (cells % 12) * STEP + 1, (cells // 12) * STEP + 1
+    images = rng.integers(0, 256, (40, 50, 50, channels), dtype=np.uint8)
+    out = mosaic(x, y, images)
+    assert out.shape[:2] == ((y.max() - y.min()) // STEP * THUMB + THUMB, (x.max() - x.min()) // STEP * THUMB + THUMB)
+    empty = np.ones(out.shape[:2], bool)
+    for i in range(40):
+        r, c = (y[i] - y.min()) // STEP * THUMB, (x[i] - x.min()) // STEP * THUMB
+        alone = cv2.resize(images[i], (THUMB, THUMB), interpolation=cv2.INTER_AREA)
+        assert np.array_equal(out[r:r + THUMB, c:c + THUMB], alone)
+        empty[r:r + THUMB, c:c + THUMB] = False
+    assert (out[empty] == 255).all()  # white where no patch is

@@ -115,7 +115,7 @@ def keep(tuner: kt.Tuner, data: PatchData, folds: Sequence[np.ndarray], cfg_eval
     """Choose and build the model the run keeps, from validation predictions only."""
     if refit not in REFIT:
         raise ValueError(f"trainer.refit must be one of {', '.join(REFIT)}; got {refit!r}")
-    batch_size = int(trainer["batch_size"])
+    batch_size = int(cfg_eval.get("batch_size", trainer["batch_size"]))  # inference only: larger than training's
     trials = best_trials(tuner, int(cfg_eval.get("ensemble", 1)))
     members = [search_models(tuner, t, folds, data.split.val) for t in trials]
     tta = cfg_eval.get("tta", False)
