@@ -46,6 +46,9 @@ prepare: $(STAMP) ## index and cache a dataset only: make prepare ARGS="data=idc
 bench: $(STAMP) ## ingest and training benchmarks on a full-size synthetic IDC tree (writes bench/results.md)
 	$(BIN)/python bench/run.py
 
+bench-gpu: $(STAMP) ## training speed against the device's compute ceiling, Keras on JAX (bench/gpu.py) [ARGS="--size small --write"]
+	KERAS_BACKEND=jax $(BIN)/python bench/gpu.py $(ARGS)
+
 bench-quality: $(STAMP) ## leave-patients-out quality on ../shared/data/idc-mini, row by row, resumable (writes bench/quality.md) [ARGS="--rows NAME ..."]
 	$(BIN)/python bench/quality.py $(ARGS)
 
@@ -63,4 +66,4 @@ ui: $(STAMP) ## open the MLflow UI on the store that runs from this folder log t
 clean: ## remove run outputs and the local MLflow store (keeps .venv and the data cache)
 	rm -rf outputs multirun mlruns
 
-.PHONY: help install run test test-fast browser screenshot lint prepare bench search-distributed server ui clean
+.PHONY: help install run test test-fast browser screenshot lint prepare bench bench-gpu search-distributed server ui clean
