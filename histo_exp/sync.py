@@ -16,7 +16,7 @@ from omegaconf import DictConfig
 from histo_exp.config import CONFIG_DIR, require
 from histo_exp.errors import one_line_errors
 from histo_exp.tracking import check_server
-from histo_exp.tracking.spool import Spool, unreachable
+from histo_exp.tracking.spool import Spool, reason, unreachable
 
 USAGE = "python -m histo_exp.sync folder=<a run's output folder> [tracking_uri=<store>]"
 
@@ -26,7 +26,7 @@ def sync(folder: Path, tracking_uri: str | None = None) -> int:
     if not folder.is_dir():
         raise FileNotFoundError(f"folder={folder} is not a folder: pass the output folder of the run "
                                 "that kept MLflow writes (it named it when it ended)")
-    spools = [s for s in Spool.under(folder) if s.pending()]
+    spools = Spool.waiting(folder)
     if not spools:
         print(f"nothing to send: no MLflow writes are waiting under {folder}")
         return 0
@@ -44,7 +44,7 @@ def sync(folder: Path, tracking_uri: str | None = None) -> int:
                 raise
             done = pending - spool.pending()
             raise ConnectionError(f"{uri} stopped taking writes after {done} of {pending} from {spool.folder} "
-                                  f"({str(err).splitlines()[0][:200]}): run the same command again once it "
+                                  f"({reason(err)}): run the same command again once it "
                                   "answers; it goes on from there") from None
         print(f"sent {sent} MLflow write(s) from {spool.folder} to {uri}")
         total += sent

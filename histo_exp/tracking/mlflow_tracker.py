@@ -16,7 +16,7 @@ from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH, MAX_TAG_VAL_LENGTH
 from histo_exp.locks import held
 from histo_exp.tracking import writes
 from histo_exp.tracking.base import ERROR, RESUMED, RETRY_OF, ROLE, TRIAL_ID, Tracker
-from histo_exp.tracking.spool import Spool, unreachable
+from histo_exp.tracking.spool import Spool, reason, unreachable
 
 log = logging.getLogger(__name__)
 
@@ -236,8 +236,8 @@ class MlflowTracker(Tracker):
         """Send what earlier processes of this search kept while the store was away (on resume),
         so that their trials are in the store before this one counts and retries them."""
         for folder in folders:
-            for spool in Spool.under(folder):
-                if spool.store_uri() != self.tracking_uri or not spool.pending():
+            for spool in Spool.waiting(folder):
+                if spool.store_uri() != self.tracking_uri:
                     continue
                 try:
                     sent = spool.send(self.client)
@@ -245,7 +245,7 @@ class MlflowTracker(Tracker):
                     if not unreachable(err):
                         raise
                     log.warning("could not send the MLflow writes kept in %s (%s); `python -m histo_exp.sync "
-                                "folder=%s` sends them later", spool.folder, _reason(err), spool.folder)
+                                "folder=%s` sends them later", spool.folder, reason(err), spool.folder)
                     continue
                 log.info("sent %d MLflow write(s) kept by an earlier run in %s", sent, spool.folder)
 
@@ -295,8 +295,8 @@ class MlflowTracker(Tracker):
         kind = "artifact" if artifact else "store"
         if kind not in self._said:
             self._said.add(kind)
-            what = (f"could not store an artifact of run {write.get('run')} ({_reason(err)})" if artifact else
-                    f"the MLflow store {self.tracking_uri} stopped answering ({_reason(err)})")
+            what = (f"could not store an artifact of run {write.get('run')} ({reason(err)})" if artifact else
+                    f"the MLflow store {self.tracking_uri} stopped answering ({reason(err)})")
             log.warning("%s: training goes on, and what was not sent is kept in %s; it is sent when the store "
                         "answers again (at the next trial, on resume, or by `python -m histo_exp.sync folder=%s`)",
                         what, self.unsent.folder, self.unsent.folder.parent)
@@ -369,12 +369,6 @@ def http_settings(timeout_s: float, retries: int) -> None:
     os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(int(timeout_s))
     os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = str(int(retries))
     os.environ["MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"] = "1"
-
-
-def _reason(err: BaseException) -> str:
-    """The first line of an error, cut short: MLflow's connection errors run to hundreds of characters."""
-    text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-    return text if len(text) <= 160 else text[:157] + "..."
 
 
 def _param_values(params: Mapping[str, Any]) -> dict[str, str]:

@@ -43,6 +43,12 @@ def unreachable(err: BaseException) -> bool:
     return type(err).__module__.startswith("sqlalchemy")
 
 
+def reason(err: BaseException) -> str:
+    """The first line of an error, cut short: MLflow's connection errors run to hundreds of characters."""
+    text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return text if len(text) <= 160 else text[:157] + "..."
+
+
 class Spool:
     """The writes kept in ``folder`` for the store at ``tracking_uri``; nothing is on disk until the first."""
 
@@ -51,12 +57,13 @@ class Spool:
         self.tracking_uri = tracking_uri
 
     @classmethod
-    def under(cls, root: Path) -> list[Spool]:
-        """Every spool in ``root``: a run's output folder, a distributed launch's (chief and workers), or one spool."""
+    def waiting(cls, root: Path) -> list[Spool]:
+        """The spools in ``root`` with writes not sent yet: a run's output folder, a distributed
+        launch's (chief and workers), or one spool."""
         root = Path(root)
-        if (root / WRITES).is_file():
-            return [cls(root)]
-        return [cls(path.parent) for path in sorted(root.rglob(f"{FOLDER}/{WRITES}"))]
+        found = [cls(root)] if (root / WRITES).is_file() else [
+            cls(path.parent) for path in sorted(root.rglob(f"{FOLDER}/{WRITES}"))]
+        return [spool for spool in found if spool.pending()]
 
     def keep(self, write: Write) -> None:
         """Append ``write``; on disk before this returns."""
