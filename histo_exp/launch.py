@@ -75,6 +75,8 @@ def stop(procs: Sequence[subprocess.Popen], grace_s: float = 60.0) -> None:
         try:
             proc.wait(timeout=max(0.1, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
+            print(f"pid {proc.pid} did not stop within {grace_s:.0f} s of Ctrl-C: killed (its open runs stay "
+                  "RUNNING until the search is resumed)", flush=True)
             proc.kill()
             proc.wait()
 

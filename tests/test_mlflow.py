@@ -24,7 +24,7 @@ from mlflow.entities import LoggedModelStatus
 
 from helpers import free_port, predict
 from histo_exp.tracking import (CHAMPION, MODEL_NAME, MlflowTracker, NullTracker, Tracker, download_model,
-                                ending_runs)
+                                ending_runs, writes)
 
 SHAPE = (16, 16, 3)
 MLFLOW_CLI = Path(sys.executable).with_name("mlflow")
@@ -270,6 +270,30 @@ def test_ending_runs_kills_open_runs_on_ctrl_c(store):
     with pytest.raises(KeyboardInterrupt), ending_runs(t):
         raise KeyboardInterrupt
     assert {t.client.get_run(r).info.status for r in (trial, t.search_run_id)} == {"KILLED"}
+
+
+def test_a_ctrl_c_while_the_store_makes_a_trial_run_still_ends_that_run(store, monkeypatch):
+    """A launcher's stop can reach a worker while the store makes its trial run: that run must end
+    KILLED with the search, not stay RUNNING for ever because the process never learnt its id."""
+    make = writes.APPLY["create_run"]
+
+    def interrupted(client, w, ids):
+        run_id = make(client, w, ids)
+        if w["run_name"].startswith("trial"):
+            os.kill(os.getpid(), signal.SIGINT)  # the Ctrl-C lands after the store made the run
+        return run_id
+
+    monkeypatch.setitem(writes.APPLY, "create_run", interrupted)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # an xdist worker may ignore SIGINT
+    try:
+        t = tracker(store)
+        t.start_search({}, "", run_name="search")
+        with pytest.raises(KeyboardInterrupt), ending_runs(t):
+            t.start_trial("0", {})
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    trials = t.client.search_runs([t.experiment_id], f"tags.`mlflow.parentRunId` = '{t.search_run_id}'")
+    assert [r.info.status for r in trials] == ["KILLED"]
 
 
 def answers(url: str) -> bool:

@@ -211,7 +211,8 @@ def test_an_interrupted_distributed_search_stops_cleanly_and_resumes(tmp_path, c
     assert left.stdout == ""  # neither the chief nor a worker outlives the launcher
     _, search, trials = runs(tmp_path)
     assert [r.info.status for r in search] == ["KILLED"] and trials
-    assert all(t.info.status == "KILLED" for t in trials)
+    statuses = [(t.data.tags.get("histo_exp.trial_id"), t.info.status, t.data.tags.get("histo_exp.error")) for t in trials]
+    assert all(t.info.status == "KILLED" for t in trials), (statuses, first[-3000:])
 
     again = subprocess.run([*cmd, "trainer.epochs=2"], cwd=tmp_path, env=cli_env(cache_dir), capture_output=True,
                            text=True, timeout=600)  # the retried trials need not run their 30 epochs

@@ -14,6 +14,7 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH, MAX_TAG_VAL_LENGTH
 
 from histo_exp.locks import held
+from histo_exp.signals import deferred
 from histo_exp.tracking import writes
 from histo_exp.tracking.base import ERROR, RESUMED, RETRY_OF, ROLE, TRIAL_ID, Tracker
 from histo_exp.tracking.spool import Spool, reason, unreachable
@@ -117,9 +118,10 @@ class MlflowTracker(Tracker):
         if resume:
             log.warning("the search run %s recorded in the tuner folder is not in %s (or was deleted): "
                         "starting a new run for the resumed search", resume, self.tracking_uri)
-        self.search_run_id = self._write(writes.create_run(self.experiment_id, run_name,
-                                                           {ROLE: "search", **(tags or {})}))
-        self._owner = True
+        with deferred():  # a Ctrl-C here would leave a run nobody closes
+            self.search_run_id = self._write(writes.create_run(self.experiment_id, run_name,
+                                                               {ROLE: "search", **(tags or {})}))
+            self._owner = True
         self._write(writes.log_batch(self.search_run_id, params=_param_values(params)))
         self._write(writes.log_text(self.search_run_id, config_yaml, "config.yaml"))
         self._watch(self.search_run_id)
@@ -168,10 +170,11 @@ class MlflowTracker(Tracker):
         self._reconnect()
         earlier = self._search(f"tags.`mlflow.parentRunId` = '{self.search_run_id}' and tags.`{TRIAL_ID}` = '{trial_id}'")
         retry = {RETRY_OF: ",".join(r.info.run_id for r in earlier)} if earlier else {}
-        self.trial_run_id = self._write(writes.create_run(
-            self.experiment_id, f"trial-{trial_id}",
-            {ROLE: "trial", "mlflow.parentRunId": self.search_run_id, TRIAL_ID: trial_id, **retry, **(tags or {})}))
-        self._next_step = 0
+        with deferred():  # a Ctrl-C here would leave a run nobody closes
+            self.trial_run_id = self._write(writes.create_run(
+                self.experiment_id, f"trial-{trial_id}",
+                {ROLE: "trial", "mlflow.parentRunId": self.search_run_id, TRIAL_ID: trial_id, **retry, **(tags or {})}))
+            self._next_step = 0
         self._write(writes.log_batch(self.trial_run_id, params=_param_values(hparams)))
         self._watch(self.trial_run_id)
 
