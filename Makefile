@@ -43,8 +43,9 @@ lint: $(STAMP) ## static checks (ruff)
 prepare: $(STAMP) ## index and cache a dataset only: make prepare ARGS="data=idc data.root=/path"
 	$(BIN)/python -m histo_exp.prepare $(ARGS)
 
-bench: $(STAMP) ## ingest and training benchmarks on a full-size synthetic IDC tree (writes bench/results.md)
-	$(BIN)/python bench/run.py
+SAMPLE ?= ../shared/data/idc-mini
+bench: $(STAMP) ## ingest and training benchmarks on a full-size IDC tree, copies of $(SAMPLE) if there, else synthetic (writes bench/results.md)
+	$(BIN)/python bench/run.py $(if $(wildcard $(SAMPLE)),--from $(SAMPLE))
 
 bench-gpu: $(STAMP) ## training speed against the device's compute ceiling, Keras on JAX (bench/gpu.py) [ARGS="--size small --write"]
 	KERAS_BACKEND=jax $(BIN)/python bench/gpu.py $(ARGS)

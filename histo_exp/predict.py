@@ -90,7 +90,7 @@ def predict_files(cfg: DictConfig) -> Path:
     threshold = float(meta.get("threshold", 0.5))
     if "threshold" not in meta:
         log.warning("%s carries no histo_exp metadata: using threshold 0.5", path)
-    decoded = decode(manifest, size, color, "pad", int(cfg.workers))
+    decoded = decode(manifest, size, color, "pad", cfg.workers)
     ok = np.flatnonzero(decoded.keep)
     prob = np.full(len(manifest), np.nan)
     if ok.size:

@@ -43,23 +43,23 @@ def test_changed_settings_or_files_make_a_new_cache(tiny_root, tmp_path):
 
 
 def test_a_killed_ingest_leaves_no_usable_cache_and_the_next_sweeps_it(tiny_root, tmp_path, caplog):
-    """SIGKILL (no clean-up runs) after the first chunk is written; the OS drops the build lock."""
+    """SIGKILL (no clean-up runs) after 50 patches were decoded; the OS drops the build lock."""
     cache_dir, mid_build = tmp_path / "c", tmp_path / "mid-build"
     script = f"""
 import pathlib, time
 import histo_exp.data.cache as cache
+import histo_exp.data.decode as decode
 from histo_exp.data.index import index
-cache.CHUNK = 50
-real = cache.decode
+real = decode._read
 calls = []
 def stalling(*a, **k):
     calls.append(1)
-    if len(calls) == 2:
+    if len(calls) == 50:
         pathlib.Path({str(mid_build)!r}).touch()
         time.sleep(60)
     return real(*a, **k)
-cache.decode = stalling
-cache.ingest(index({str(tiny_root)!r}), {str(cache_dir)!r}, 50, progress=False)
+decode._read = stalling
+cache.ingest(index({str(tiny_root)!r}), {str(cache_dir)!r}, 50, workers=1, progress=False)
 """
     builder = subprocess.Popen([sys.executable, "-c", script], env=cli_env(tmp_path))
     try:

@@ -1,6 +1,7 @@
 """Indexing, decoding, splitting and batching of IDC-layout folders."""
 
 import shutil
+import time
 from pathlib import Path
 
 import cv2
@@ -10,7 +11,7 @@ import pytest
 from histo_exp.data.batches import PatchBatches
 from histo_exp.data.dataset import load
 from histo_exp.data.decode import decode, fit_patch
-from histo_exp.data.index import DatasetError, index
+from histo_exp.data.index import DatasetError, index, keep_listing
 from histo_exp.data.split import split_by_patient
 from histo_exp.data.synthetic import SyntheticSpec, generate
 
@@ -51,6 +52,29 @@ def test_index_parses_names_and_ignores_other_files(tiny_root, tmp_path):
     assert m.labels.dtype == np.int8 and set(np.unique(m.labels)) == {0, 1}
     assert m.x.min() >= 1
     assert m.fingerprint == index(root).fingerprint  # stable while nothing changes
+
+
+def test_a_kept_listing_is_reused_until_a_folder_changes(tiny_root, tmp_path):
+    """A re-run lists no folder (the cached prepare of the full set in seconds); a file added or
+    removed is seen at once."""
+    root, memo = tmp_path / "copy", tmp_path / "listings"
+    shutil.copytree(tiny_root, root)
+    (root / "90001" / "0" / "notes.txt").write_text("not an image")
+    listed = index(root, memo=memo)
+    keep_listing(memo, listed)
+    reused = index(root, memo=memo)
+    assert [reused.paths, reused.ignored, reused.stamps, reused.fingerprint] == [
+        listed.paths, listed.ignored, listed.stamps, listed.fingerprint]
+    for name in ("patients", "x", "y", "labels"):
+        assert np.array_equal(getattr(reused, name), getattr(listed, name))
+        assert getattr(reused, name).dtype == getattr(listed, name).dtype
+    time.sleep(0.02)  # past the file system's clock tick, as any real change is
+    added = write_patch(root, "90002", 1, x=9999)
+    again = index(root, memo=memo)
+    assert len(again) == len(listed) + 1 and str(added.relative_to(root)) in again.paths
+    time.sleep(0.02)
+    added.unlink()
+    assert index(root, memo=memo).paths == listed.paths  # the removal is seen too
 
 
 def test_index_steps_into_the_kaggle_top_folder(tmp_path):

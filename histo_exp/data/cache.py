@@ -16,16 +16,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
-from histo_exp.data.decode import COLORS, decode
 from histo_exp.data.index import Manifest
 from histo_exp.data.publish import build_folder
 
 log = logging.getLogger(__name__)
 
 IMAGES, KEEP, SKIPPED, KEY, MANIFEST = "images.npy", "keep.npy", "skipped.tsv", "key.json", "manifest.csv"
-CHUNK = 4096  # patches decoded per write: bounds the ingest's memory
 
 
 @dataclass(frozen=True)
@@ -75,38 +72,25 @@ def _open(folder: Path, built: bool) -> Cached:
 
 
 def _write_manifest(path: Path, manifest: Manifest) -> None:
-    with path.open("w") as f:
-        f.write("path,patient,x,y,label\n")
-        for row in zip(manifest.paths, manifest.patients, manifest.x, manifest.y, manifest.labels):
-            f.write(",".join(map(str, row)) + "\n")
+    columns = (manifest.patients.tolist(), manifest.x.tolist(), manifest.y.tolist(), manifest.labels.tolist())
+    rows = "".join(f"{p},{pid},{x},{y},{label}\n" for p, pid, x, y, label in zip(manifest.paths, *columns))
+    path.write_text("path,patient,x,y,label\n" + rows)
 
 
-def _build(tmp: Path, manifest: Manifest, key: CacheKey, workers: int, bar: tqdm) -> None:
+def _build(tmp: Path, manifest: Manifest, key: CacheKey, workers: int | None, progress: bool) -> None:
+    from histo_exp.data.decode import COLORS, decode  # OpenCV only where there is something to decode
+
     tmp.mkdir(parents=True)
-    n, size = len(manifest), key.image_size
-    shape = (n, size, size, COLORS[key.color])
-    np.lib.format.open_memmap(tmp / IMAGES, mode="w+", dtype=np.uint8, shape=shape).flush()
-    offset = np.load(tmp / IMAGES, mmap_mode="r").offset
-    row_bytes = int(np.prod(shape[1:]))
-    keep = np.zeros(n, dtype=bool)
-    skipped: dict[str, str] = {}
-    fitted = {"padded": 0, "resized": 0}
-    with open(tmp / IMAGES, "r+b") as out:
-        for start in range(0, n, CHUNK):
-            part = manifest.subset(np.arange(start, min(start + CHUNK, n)))
-            decoded = decode(part, size, key.color, key.small_patches, workers, progress=False)
-            out.seek(offset + start * row_bytes)
-            out.write(decoded.images.tobytes())
-            keep[start : start + len(part)] = decoded.keep
-            skipped.update(decoded.skipped)
-            fitted["padded"] += decoded.padded
-            fitted["resized"] += decoded.resized
-            bar.update(len(part))
-    np.save(tmp / KEEP, keep)
-    (tmp / SKIPPED).write_text("".join(f"{p}\t{why}\n" for p, why in sorted(skipped.items())))
+    shape = (len(manifest), key.image_size, key.image_size, COLORS[key.color])
+    images = np.lib.format.open_memmap(tmp / IMAGES, mode="w+", dtype=np.uint8, shape=shape)
+    decoded = decode(manifest, key.image_size, key.color, key.small_patches, workers, progress, out=images)
+    del images  # no flush: msync would wait seconds for the disk; the page cache serves every reader
+    np.save(tmp / KEEP, decoded.keep)
+    (tmp / SKIPPED).write_text("".join(f"{p}\t{why}\n" for p, why in sorted(decoded.skipped.items())))
     _write_manifest(tmp / MANIFEST, manifest)
     # Written last: its presence marks a complete cache.
-    (tmp / KEY).write_text(json.dumps({**asdict(key), "patches": n, **fitted}, indent=1))
+    fitted = {"padded": decoded.padded, "resized": decoded.resized}
+    (tmp / KEY).write_text(json.dumps({**asdict(key), "patches": len(manifest), **fitted}, indent=1))
 
 
 def ingest(
@@ -115,7 +99,7 @@ def ingest(
     image_size: int,
     color: str = "rgb",
     small_patches: str = "pad",
-    workers: int = 8,
+    workers: int | None = None,
     progress: bool = True,
 ) -> Cached:
     """Open the cache for this manifest and settings, building it first if there is none."""
@@ -124,14 +108,12 @@ def ingest(
     if (folder / KEY).exists():
         log.info("reusing the decoded cache %s", folder)
         return _open(folder, built=False)
-    bar = tqdm(total=len(manifest), desc="decode", unit="patch", disable=not progress, mininterval=0.5)
 
     def build(tmp: Path) -> None:  # only the process that holds the build lock gets here
         log.info("decoding %d patches into %s", len(manifest), folder)
-        _build(tmp, manifest, key, workers, bar)
+        _build(tmp, manifest, key, workers, progress)
 
-    with bar:
-        built = build_folder(folder, build, lambda final: (final / KEY).exists())
+    built = build_folder(folder, build, lambda final: (final / KEY).exists())
     if not built:
         log.info("reusing the decoded cache %s that another process built", folder)
     return _open(folder, built=built)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -10,9 +11,8 @@ from pathlib import Path
 import numpy as np
 
 from histo_exp.data.cache import Cached, ingest
-from histo_exp.data.index import DatasetError, Manifest, index
+from histo_exp.data.index import DatasetError, Manifest, index, keep_listing
 from histo_exp.data.split import Split, check_splittable, split_once
-from histo_exp.data.synthetic import SyntheticSpec, generate
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +63,12 @@ class PatchData:
         patients, inverse = np.unique(self.patients[kept], return_inverse=True)
         ones = np.bincount(inverse, weights=self.labels[kept] == 1, minlength=patients.size)
         total = np.bincount(inverse, minlength=patients.size)
-        part = self.split.patients(self.patients)
-        return [(str(p), part[str(p)], int(t - o), int(o)) for p, t, o in zip(patients, total, ones)]
+        part = np.empty(len(self.patients), dtype=object)
+        for name in ("train", "val", "test"):
+            part[getattr(self.split, name)] = name
+        first = np.unique(inverse, return_index=True)[1]  # each patient's first row: its part
+        part = part[kept][first]
+        return [(str(p), part[i], int(t - o), int(o)) for i, (p, t, o) in enumerate(zip(patients, total, ones))]
 
     def split_table(self) -> str:
         """CSV of patient -> split part, with each patient's patch count and IDC share."""
@@ -75,21 +79,18 @@ class PatchData:
 
     def summary(self, per_patient: bool = False) -> str:
         """What was loaded, for the console."""
-        kept = self.kept
-        labels, patients = self.labels[kept], self.patients[kept]
-        lines = [
-            f"{kept.size} patches from {np.unique(patients).size} patients in {self.root}: "
-            f"{(labels == 0).sum()} class 0, {(labels == 1).sum()} class 1 (IDC)"
-        ]
+        counts = self.patient_counts()  # one pass over the patients serves every line below
+        zeros, ones = (sum(row[c] for row in counts) for c in (2, 3))
+        lines = [f"{zeros + ones} patches from {len(counts)} patients in {self.root}: "
+                 f"{zeros} class 0, {ones} class 1 (IDC)"]
         for part in ("train", "val", "test"):
             idx = getattr(self.split, part)
             share = f"{self.labels[idx].mean():.0%} IDC" if idx.size else "none held out"
-            lines.append(
-                f"  {part:5s}: {idx.size:6d} patches, {np.unique(self.patients[idx]).size:3d} patients, {share}"
-            )
+            held = sum(row[1] == part for row in counts)
+            lines.append(f"  {part:5s}: {idx.size:6d} patches, {held:3d} patients, {share}")
         if per_patient:
             lines.append("  patient   split  class 0  class 1")
-            for patient, part, zeros, ones in self.patient_counts():
+            for patient, part, zeros, ones in counts:
                 lines.append(f"  {patient:8s}  {part:5s}  {zeros:7d}  {ones:7d}")
         if self.padded or self.resized:
             lines.append(f"  brought to size: {self.padded} padded, {self.resized} resized")
@@ -106,8 +107,10 @@ class PatchData:
 def data_root(cfg: Mapping) -> Path:
     """The dataset folder; for ``data=synthetic`` the generated set, made on first use."""
     if cfg.get("synthetic"):
+        from histo_exp.data.synthetic import SyntheticSpec, generate  # OpenCV: not on a cached run's path
+
         spec = SyntheticSpec(**cfg["synthetic"], seed=cfg["seed"])
-        return generate(Path(cfg["root"]), spec, workers=int(cfg.get("workers", 1)))
+        return generate(Path(cfg["root"]), spec, workers=cfg.get("workers") or os.cpu_count() or 1)
     if not cfg.get("root"):
         raise DatasetError(
             "data.root is not set: pass data.root=/path/to/IDC_regular_ps50_idx5 "
@@ -129,18 +132,20 @@ def check_bad_fraction(cached: Cached, total: int, limit: float) -> None:
 
 def load(cfg: Mapping, progress: bool = True) -> PatchData:
     """Index, ingest (or reuse the cache) and split the dataset the data config describes."""
-    manifest: Manifest = index(data_root(cfg), progress=progress)
+    listings = Path(cfg["cache_dir"]).expanduser() / "listings"  # a re-run lists no folder that did not change
+    manifest: Manifest = index(data_root(cfg), progress=progress, memo=listings)
     log.info("indexed %d patches under %s", len(manifest), manifest.root)
     # The split's checks (both classes, enough patients, the fractions) on the file names, before
     # any decoding: a dataset that cannot be split leaves no cache behind.
     check_splittable(manifest.labels, manifest.patients, float(cfg["val_fraction"]), float(cfg["test_fraction"]))
+    keep_listing(listings, manifest)
     cached = ingest(
         manifest,
         cache_dir=cfg["cache_dir"],
         image_size=int(cfg["image_size"]),
         color="rgb",  # data.color=gray is a layer of the model, after the colour augmentation
         small_patches=str(cfg.get("small_patches", "pad")),
-        workers=int(cfg.get("workers", 8)),
+        workers=cfg.get("workers"),
         progress=progress,
     )
     check_bad_fraction(cached, len(manifest), float(cfg.get("max_bad_fraction", 0.0)))

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 LAYOUT = "<root>/<patient_id>/<0|1>/<patient_id>_idx5_x<X>_y<Y>_class<0|1>.png"
 KAGGLE_TOP = "IDC_regular_ps50_idx5"
@@ -72,7 +73,7 @@ def _scan_label_folder(folder: Path, label: str, prefix: str) -> tuple[list[tupl
     names = sorted(os.listdir(folder))
     images = [n for n in names if n.lower().endswith(IMAGE_SUFFIXES)]
     rows = NAME.findall("\n".join(images))
-    ignored = [n for n in names if not n.lower().endswith(IMAGE_SUFFIXES)]
+    ignored = [n for n in names if not n.lower().endswith(IMAGE_SUFFIXES)] if len(images) < len(names) else []
     if len(rows) != len(images):
         parsed = {r[0] for r in rows}
         ignored += [n for n in images if n not in parsed]
@@ -85,33 +86,54 @@ def _scan_label_folder(folder: Path, label: str, prefix: str) -> tuple[list[tupl
     return rows, [prefix + n for n in sorted(ignored)]
 
 
-def index(root: str | os.PathLike, progress: bool = False) -> Manifest:
-    """Scan ``root`` and return the manifest; label folders must agree with file names."""
+def folder_stamps(base: Path) -> dict[str, int]:
+    """The modification time of each ``<patient>/<0|1>/`` folder, keyed ``"<patient>/<label>/"``:
+    what a listing depends on, read in milliseconds (one stat per folder, no file listed)."""
+    stamps = {}
+    for patient in sorted(entry.name for entry in os.scandir(base) if entry.is_dir()):
+        for label in ("0", "1"):
+            try:
+                info = os.stat(base / patient / label)
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            if stat.S_ISDIR(info.st_mode):
+                stamps[f"{patient}/{label}/"] = info.st_mtime_ns
+    return stamps
+
+
+def index(root: str | os.PathLike, progress: bool = False, memo: Path | None = None) -> Manifest:
+    """Scan ``root`` and return the manifest; label folders must agree with file names.
+
+    With ``memo`` (a folder), a listing ``keep_listing`` kept there is reused while no label folder
+    changed (a file added, removed or renamed changes its folder's time): a re-run lists nothing.
+    """
     base = resolve_root(root)
+    stamps = folder_stamps(base)  # before listing: a file added meanwhile makes the next run list again
+    kept = memo / f"{_listing_key(base, stamps)}.npz" if memo else None
+    if kept is not None and kept.exists():
+        try:
+            return _load_listing(kept, base)
+        except (OSError, ValueError, KeyError):  # unreadable: list again, and keep_listing replaces it
+            kept.unlink(missing_ok=True)
+    from tqdm import tqdm  # not on the path of a run that lists nothing
+
     paths: list[str] = []
     patients: list[str] = []
     xs: list[str] = []
     ys: list[str] = []
     labels: list[str] = []
-    stamps: dict[str, int] = {}
     ignored: list[str] = []
-    patient_dirs = sorted(p for p in base.iterdir() if p.is_dir())
-    for patient_dir in tqdm(patient_dirs, desc="index", unit="patient", disable=not progress):
-        for label in ("0", "1"):
-            folder = patient_dir / label
-            if not folder.is_dir():
-                continue
-            prefix = f"{patient_dir.name}/{label}/"
-            rows, skipped = _scan_label_folder(folder, label, prefix)
-            stamps[prefix] = folder.stat().st_mtime_ns
-            ignored += skipped
-            if rows:
-                names, pids, x, y, lab = zip(*rows)
-                paths += [prefix + n for n in names]
-                patients += pids
-                xs += x
-                ys += y
-                labels += lab
+    for prefix in tqdm(stamps, desc="index", unit="folder", disable=not progress):
+        label = prefix[-2]
+        rows, skipped = _scan_label_folder(base / prefix, label, prefix)
+        ignored += skipped
+        if rows:
+            names, pids, x, y, lab = zip(*rows)
+            paths += [prefix + n for n in names]
+            patients += pids
+            xs += x
+            ys += y
+            labels += lab
     if not paths:
         raise DatasetError(
             f"no patches found under {str(base)!r}; expected {LAYOUT}"
@@ -121,12 +143,42 @@ def index(root: str | os.PathLike, progress: bool = False) -> Manifest:
         root=base,
         paths=paths,
         patients=np.array(patients),
-        x=np.array(xs).astype(np.int32),
-        y=np.array(ys).astype(np.int32),
-        labels=np.array(labels).astype(np.int8),
+        x=np.fromiter(map(int, xs), np.int32, len(xs)),  # a third of the time of np.array(strings).astype
+        y=np.fromiter(map(int, ys), np.int32, len(ys)),
+        labels=np.fromiter(map(int, labels), np.int8, len(labels)),
         stamps=stamps,
         ignored=ignored,
     )
+
+
+def _listing_key(base: Path, stamps: dict[str, int]) -> str:
+    text = f"{base.resolve()}\0{sorted(stamps.items())!r}"
+    return hashlib.sha256(text.encode()).hexdigest()[:20]
+
+
+def keep_listing(memo: Path, manifest: Manifest) -> None:
+    """Keep ``manifest`` in ``memo`` for ``index`` to reuse; written whole or not at all."""
+    path = memo / f"{_listing_key(manifest.root, manifest.stamps)}.npz"
+    if path.exists():
+        return
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as f:
+            np.savez(f, paths=np.array(["\n".join(manifest.paths).encode()]), patients=manifest.patients,
+                     x=manifest.x, y=manifest.y, labels=manifest.labels,
+                     meta=np.array([json.dumps({"stamps": manifest.stamps, "ignored": manifest.ignored})]))
+        os.replace(tmp, path)
+    except OSError:  # a read-only or full cache folder: the next run lists the folders again
+        tmp.unlink(missing_ok=True)
+
+
+def _load_listing(path: Path, base: Path) -> Manifest:
+    with np.load(path) as kept:
+        meta = json.loads(str(kept["meta"][0]))
+        return Manifest(root=base, paths=kept["paths"][0].decode().split("\n"), patients=kept["patients"],
+                        x=kept["x"], y=kept["y"], labels=kept["labels"], stamps=meta["stamps"],
+                        ignored=meta["ignored"])
 
 
 def index_files(source: str | os.PathLike) -> Manifest:
