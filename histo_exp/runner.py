@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import os
@@ -19,6 +20,7 @@ from sklearn.exceptions import ConvergenceWarning
 from histo_exp import __version__
 from histo_exp.config import config_yaml
 from histo_exp.data.batches import PatchBatches, split_batches
+from histo_exp.data.device import on_device
 from histo_exp.data.dataset import PatchData, load
 from histo_exp.data.split import patient_folds
 from histo_exp.evaluation.evaluate import Evaluation, evaluate
@@ -48,6 +50,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
     check_config(cfg)
     data = load(cfg.data)
     log.info("data:\n%s", data.summary())
+    data = dataclasses.replace(data, images=on_device(data.images, cfg.trainer.get("data_on_device", "auto")))
     log.info("keras %s on the %s backend", keras.__version__, keras.backend.backend())
     with kerastuner_env(cfg.tuner.get("distributed")):
         note_output(tuner_folder(cfg.tuner), out)
@@ -127,9 +130,9 @@ def cv_folds(cfg: DictConfig, data: PatchData) -> list[tuple[PatchBatches, Patch
                  np.unique(data.patients[rows]).size, "\n".join(
                      f"  fold {i}: validation patients {', '.join(map(str, np.unique(data.patients[v])))}"
                      for i, (_, v) in enumerate(folds)))
-    size = int(cfg.trainer.batch_size)
-    return [(PatchBatches(data.images, data.labels, train, size, shuffle=True, seed=int(cfg.seed)),
-             PatchBatches(data.images, data.labels, val, size)) for train, val in folds]
+    size, workers = int(cfg.trainer.batch_size), int(cfg.trainer.get("loader_workers", 1))
+    return [(PatchBatches(data.images, data.labels, train, size, shuffle=True, seed=int(cfg.seed), workers=workers),
+             PatchBatches(data.images, data.labels, val, size, workers=workers)) for train, val in folds]
 
 
 def hypermodel_from_config(cfg: DictConfig, input_shape: tuple[int, int, int],
@@ -196,8 +199,9 @@ def search(cfg: DictConfig, data: PatchData, tuner: kt.Tuner) -> None:
         warnings.filterwarnings("ignore", category=ConvergenceWarning)
         try:
             tuner.search(
-                split_batches(data, "train", trainer.batch_size, cfg.seed),
-                validation_data=split_batches(data, "val", trainer.batch_size, cfg.seed),
+                split_batches(data, "train", trainer.batch_size, cfg.seed, trainer.get("loader_workers", 1)),
+                validation_data=split_batches(data, "val", trainer.batch_size, cfg.seed,
+                                              trainer.get("loader_workers", 1)),
                 verbose=int(trainer.verbose),
             )
         except RuntimeError:

@@ -11,6 +11,7 @@ import pytest
 from histo_exp.data.batches import PatchBatches
 from histo_exp.data.dataset import load
 from histo_exp.data.decode import decode, fit_patch
+from histo_exp.data.device import on_device
 from histo_exp.data.index import DatasetError, index, keep_listing
 from histo_exp.data.split import split_by_patient
 from histo_exp.data.synthetic import SyntheticSpec, generate
@@ -215,3 +216,13 @@ def test_the_generator_never_writes_over_a_real_dataset(tmp_path):
     with pytest.raises(FileExistsError, match="refusing to write one over it"):
         generate(tmp_path / "mine", SyntheticSpec(patients=3, patches_per_patient=5))
     assert real.exists()
+
+
+def test_data_on_device_is_a_choice_the_backend_must_allow():
+    """auto and false leave the memory map where it is off JAX; true there says what to change."""
+    images = np.zeros((4, 50, 50, 3), np.uint8)
+    assert on_device(images, "auto") is images and on_device(images, False) is images
+    with pytest.raises(ValueError, match="needs the jax backend"):
+        on_device(images, True)
+    with pytest.raises(ValueError, match="auto, true or false"):
+        on_device(images, "gpu")

@@ -129,13 +129,16 @@ def test_bad_input_fails_with_a_clear_message(run_cli, tmp_path, args, message):
 
 def test_runs_on_jax_where_tensorflow_is_not_installed(tmp_path, cache_dir):
     """A GPU machine with jax and no TensorFlow: the search, its tracking and prediction never import
-    TensorFlow, and histo_exp picks the jax backend by itself."""
+    TensorFlow, and histo_exp picks the jax backend by itself. As on a GPU, the cache is held in
+    device memory (the CPU device here) and two threads gather batches there."""
     pytest.importorskip("jax", reason="jax is not installed (pip install -e '.[jax]')")
     without_tf = [sys.executable, str(Path(__file__).with_name("without_tensorflow.py"))]
-    done = subprocess.run([*without_tf, "histo_exp", *TINY, "tuner.max_trials=1", "hydra.run.dir=out"],
+    done = subprocess.run([*without_tf, "histo_exp", *TINY, "tuner.max_trials=1", "hydra.run.dir=out",
+                           "trainer.data_on_device=true", "trainer.loader_workers=2"],
                           cwd=tmp_path, env=cli_env(cache_dir), capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "on the jax backend" in done.stdout + done.stderr
+    assert "uint8 cache in CPU memory: batches are gathered there" in done.stdout + done.stderr
     _, search, trials = runs(tmp_path)
     assert search[0].info.status == "FINISHED" and len(trials) == 1
     assert search[0].data.tags["histo_exp.keras_backend"] == "jax"

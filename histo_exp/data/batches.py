@@ -20,6 +20,9 @@ ONE_HOT = np.eye(2, dtype="float32")
 class PatchBatches(keras.utils.PyDataset):
     """Yields ``(uint8 images, one-hot float32 labels)``; shuffles per epoch when training.
 
+    ``images`` is the cache's memory map, or the same array in device memory (``on_device``):
+    a batch is one gather from either.
+
     The order of epoch ``e`` comes from ``(seed, e)`` alone, so batch ``i`` is the same whichever
     thread or order Keras asks for batches in.
     """
@@ -33,8 +36,10 @@ class PatchBatches(keras.utils.PyDataset):
         *,
         shuffle: bool = False,
         seed: int = 0,
+        workers: int = 1,
     ) -> None:
-        super().__init__()
+        # workers > 1: threads gather batches ahead of the model (a fast device outruns one thread).
+        super().__init__(workers=int(workers), use_multiprocessing=False)
         self.images = images
         self.labels = labels
         self.indices = np.asarray(indices)
@@ -70,7 +75,7 @@ class PatchBatches(keras.utils.PyDataset):
         return self.labels[self.indices]
 
 
-def split_batches(data, part: str, batch_size: int, seed: int = 0) -> PatchBatches:
+def split_batches(data, part: str, batch_size: int, seed: int = 0, workers: int = 1) -> PatchBatches:
     """Batches of one part of a ``PatchData`` split; only training shuffles."""
     return PatchBatches(data.images, data.labels, getattr(data.split, part), batch_size,
-                        shuffle=part == "train", seed=seed)
+                        shuffle=part == "train", seed=seed, workers=workers)

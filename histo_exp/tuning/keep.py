@@ -98,7 +98,8 @@ def refit_model(tuner: kt.Tuner, trial: kt.engine.trial.Trial, data: PatchData, 
              patients, epochs, format_hparams(trial.hyperparameters.values))
     weights = balanced_weights(data.labels[rows]) if hypermodel.class_weight else None  # for these patients
     model = hypermodel.build(trial.hyperparameters)
-    model.fit(PatchBatches(data.images, data.labels, rows, int(trainer["batch_size"]), shuffle=True, seed=seed),
+    model.fit(PatchBatches(data.images, data.labels, rows, int(trainer["batch_size"]), shuffle=True, seed=seed,
+                           workers=int(trainer.get("loader_workers", 1))),
               epochs=epochs, class_weight=weights, verbose=int(trainer.get("verbose", 1)),
               steps_per_epoch=hypermodel.steps_per_epoch)
     return model
