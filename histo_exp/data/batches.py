@@ -7,14 +7,24 @@ A batch is one gather of rows; augmentation happens on the device, in the model'
 from __future__ import annotations
 
 import math
+import mmap
 
 import keras
 import numpy as np
 
-from histo_exp.data.pages import release_pages
-
 
 ONE_HOT = np.eye(2, dtype="float32")
+
+
+def release_pages(images: np.ndarray) -> None:
+    """Drop the pages of a memory map from this process (they stay in the OS page cache).
+
+    Random reads fault in whole neighbourhoods of pages, so without this the resident size grows
+    to the whole cache file within an epoch. Measured cost: about 0.2 ms per call.
+    """
+    mm = getattr(images, "_mmap", None)
+    if isinstance(mm, mmap.mmap) and hasattr(mm, "madvise"):
+        mm.madvise(mmap.MADV_DONTNEED)
 
 
 class PatchBatches(keras.utils.PyDataset):

@@ -82,9 +82,21 @@ def _build(tmp: Path, manifest: Manifest, key: CacheKey, workers: int | None, pr
 
     tmp.mkdir(parents=True)
     shape = (len(manifest), key.image_size, key.image_size, COLORS[key.color])
-    images = np.lib.format.open_memmap(tmp / IMAGES, mode="w+", dtype=np.uint8, shape=shape)
-    decoded = decode(manifest, key.image_size, key.color, key.small_patches, workers, progress, out=images)
-    del images  # no flush: msync would wait seconds for the disk; the page cache serves every reader
+    header = np.lib.format.open_memmap(tmp / IMAGES, mode="w+", dtype=np.uint8, shape=shape)
+    offset, row_bytes = header.offset, int(np.prod(shape[1:]))
+    del header
+    fd = os.open(tmp / IMAGES, os.O_WRONLY)
+
+    def write(first: int, rows: np.ndarray) -> None:  # from the decoding threads: pwrite releases the GIL
+        data, at = memoryview(rows).cast("B"), offset + first * row_bytes
+        while data:
+            done = os.pwrite(fd, data, at)
+            data, at = data[done:], at + done
+
+    try:
+        decoded = decode(manifest, key.image_size, key.color, key.small_patches, workers, progress, write=write)
+    finally:
+        os.close(fd)  # no fsync: it would wait seconds for the disk; the page cache serves every reader
     np.save(tmp / KEEP, decoded.keep)
     (tmp / SKIPPED).write_text("".join(f"{p}\t{why}\n" for p, why in sorted(decoded.skipped.items())))
     _write_manifest(tmp / MANIFEST, manifest)

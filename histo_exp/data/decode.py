@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import threading
 from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -11,7 +13,6 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from histo_exp.data.pages import release_pages
 from histo_exp.data.index import Manifest
 
 SMALL_PATCH_POLICIES = ("pad", "resize", "drop")
@@ -23,7 +24,8 @@ COLORS = {"rgb": 3, "gray": 1}
 class Decoded:
     """Images of the manifest entries that decoded, and why the others did not."""
 
-    images: np.ndarray  # (n, size, size, channels) uint8, one row per entry; zeros where skipped
+    images: np.ndarray | None  # (n, size, size, channels) uint8, one row per entry; zeros where skipped
+    # (None when the rows were handed to a writer)
     keep: np.ndarray  # bool per manifest entry
     skipped: dict[str, str]  # relative path -> reason
     padded: int = 0
@@ -46,6 +48,8 @@ def fit_patch(img: np.ndarray, size: int, small: str) -> tuple[np.ndarray | None
 
 
 # OpenCV >= 4.10 decodes straight to RGB: one pass fewer over the pixels than BGR then a swap.
+# (Its imread into a given array is not used: a file it cannot read leaves the array as it was,
+# with nothing to tell that from a decoded patch.)
 RGB_READ = getattr(cv2, "IMREAD_COLOR_RGB", None)
 
 
@@ -66,48 +70,53 @@ def decode(
     small_patches: str = "pad",
     workers: int | None = None,
     progress: bool = True,
-    out: np.ndarray | None = None,
+    write: Callable[[int, np.ndarray], None] | None = None,
 ) -> Decoded:
     """Decode every manifest entry; unreadable files and dropped patches are skipped, not fatal.
 
-    Rows stay aligned with the manifest (a skipped row is zeros, ``keep`` false). They go into
-    ``out`` when given (the cache's memory-mapped file while it is built: the threads write in
-    parallel, with no copy and no serial write after them), else into a new array. ``workers``
-    defaults to the number of cores (more threads only contend for them).
+    Rows stay aligned with the manifest (a skipped row is zeros, ``keep`` false). With ``write``,
+    each thread hands its slice to ``write(first_row, rows)`` (the cache writes it to its file,
+    in parallel and outside the GIL) and ``Decoded.images`` is None; else the rows are gathered
+    into a new array. ``workers`` defaults to the number of cores (more only contend for them).
     """
     if color not in COLORS:
         raise ValueError(f"data.color must be one of {sorted(COLORS)}; got {color!r}")
     if small_patches not in SMALL_PATCH_POLICIES:
         raise ValueError(f"data.small_patches must be one of {SMALL_PATCH_POLICIES}; got {small_patches!r}")
     n = len(manifest)
-    shape = (n, image_size, image_size, COLORS[color])
-    if out is not None and out.shape != shape:
-        raise ValueError(f"out has shape {out.shape}; decoding needs {shape}")
-    images = np.zeros(shape, dtype=np.uint8) if out is None else out
+    row_shape = (image_size, image_size, COLORS[color])
+    images = np.zeros((n, *row_shape), dtype=np.uint8) if write is None else None
     keep = np.zeros(n, dtype=bool)
     skipped: dict[str, str] = {}
     root = str(manifest.root) + os.sep
     paths = manifest.paths
     full = (image_size, image_size)
+    local = threading.local()  # one slice buffer per thread, reused
 
     def work(lo: int, hi: int) -> Counter:
+        if images is not None:
+            rows = images[lo:hi]
+        else:
+            if not hasattr(local, "rows"):
+                local.rows = np.empty((SLICE, *row_shape), dtype=np.uint8)
+            rows = local.rows[: hi - lo]
         fitted: Counter = Counter()
-        for i in range(lo, hi):
+        for j, i in enumerate(range(lo, hi)):
             img = _read(root + paths[i], color)
-            if img is None:
-                skipped[paths[i]] = "unreadable"
+            if img is not None and img.shape[:2] == full:  # nearly every patch: nothing to count
+                rows[j] = img
                 continue
-            if img.shape[:2] == full:  # nearly every patch: no call, nothing to count
-                images[i] = img
-                continue
-            patch, done = fit_patch(img, image_size, small_patches)
+            patch, done = fit_patch(img, image_size, small_patches) if img is not None else (None, "unreadable")
             if patch is None:
-                skipped[paths[i]] = f"smaller than {image_size}px (data.small_patches=drop)"
+                rows[j] = 0
+                skipped[paths[i]] = "unreadable" if img is None else \
+                    f"smaller than {image_size}px (data.small_patches=drop)"
                 continue
             fitted[done] += 1
-            images[i] = patch
+            rows[j] = patch
         keep[lo:hi] = [paths[i] not in skipped for i in range(lo, hi)]
-        release_pages(images)  # written pages stay in the page cache, not in this process
+        if write is not None:
+            write(lo, rows)
         return fitted
 
     # Contiguous slices: one task per image would cost more than decoding it.
