@@ -252,10 +252,12 @@ def machine() -> str:
             f"Keras {keras.__version__} ({keras.backend.backend()} backend), CPU only")
 
 
-def warm(root: Path) -> None:
-    """Read every file once so both ingests start from the same (warm) page cache."""
-    for path in root.rglob("*.png"):
-        path.read_bytes()
+def warm(*folders: Path) -> None:
+    """Read every file once, so each measurement starts from the same (warm) page cache."""
+    for folder in folders:
+        for path in folder.rglob("*"):
+            if path.is_file():
+                path.read_bytes()
 
 
 def main(sample: Path | None) -> None:
@@ -267,7 +269,7 @@ def main(sample: Path | None) -> None:
     one_core = run_measure("decode", str(root))
     ours = run_measure("ours", str(root), str(cache))
     orig = run_measure("original", str(root))  # last: its 20 GB push the files out of the page cache
-    warm(root)
+    warm(root, cache)  # the PNGs for the reload, the cache for the training epochs
     reload = run_measure("reload", str(root), str(cache))
     prepare = time_prepare(root, cache)
     cores = os.cpu_count() or 1
