@@ -63,12 +63,8 @@ class PatchData:
         patients, inverse = np.unique(self.patients[kept], return_inverse=True)
         ones = np.bincount(inverse, weights=self.labels[kept] == 1, minlength=patients.size)
         total = np.bincount(inverse, minlength=patients.size)
-        part = np.empty(len(self.patients), dtype=object)
-        for name in ("train", "val", "test"):
-            part[getattr(self.split, name)] = name
-        first = np.unique(inverse, return_index=True)[1]  # each patient's first row: its part
-        part = part[kept][first]
-        return [(str(p), part[i], int(t - o), int(o)) for i, (p, t, o) in enumerate(zip(patients, total, ones))]
+        part = self.split.patients(self.patients)
+        return [(str(p), part[str(p)], int(t - o), int(o)) for p, t, o in zip(patients, total, ones)]
 
     def split_table(self) -> str:
         """CSV of patient -> split part, with each patient's patch count and IDC share."""
