@@ -9,7 +9,7 @@ from omegaconf import OmegaConf
 
 from histo_exp.space import sample
 from histo_exp.tracking import MlflowTracker, NullTracker
-from histo_exp.tuning.tuners import tuner_from_config
+from histo_exp.tuning.tuners import BayesianOracle, tuner_from_config
 
 from helpers import hypermodel as make_hypermodel
 
@@ -21,7 +21,9 @@ def test_defaults_are_synthetic_cnn_adam_bayesian_mlflow(compose_cfg, tmp_path):
     assert cfg.tuner._target_.endswith("BayesianOptimization") and cfg.tuner.max_trials == 10
     assert cfg.tuner.objective.name == "val_auc" and cfg.tuner.objective.direction == "max"
     assert cfg.logger.tracking_uri == f"sqlite:///{tmp_path}/mlruns/mlflow.db"
-    assert cfg.data.image_size == 50 and cfg.data.color == "rgb"
+    assert cfg.data.color == "rgb"
+    assert cfg.data.image_size == 32 and cfg.data.synthetic.patches_per_patient == 60  # sized for a short make run
+    assert compose_cfg("data=idc").data.image_size == 50  # the dataset's own size
     OmegaConf.resolve(cfg)  # every interpolation resolves
 
 
@@ -53,6 +55,7 @@ def test_tuner_groups_build_tracked_keras_tuners(compose_cfg, tuner, cls):
     hypermodel = make_hypermodel(cfg.model, cfg.optimizer, (32, 32, 3))
     built = tuner_from_config(cfg.tuner, hypermodel, NullTracker())
     assert isinstance(built, getattr(kt, cls))
+    assert isinstance(built.oracle, BayesianOracle) == (tuner == "bayesian")  # the faster acquisition search
     assert built.oracle.objective.name == "val_auc" and built.oracle.objective.direction == "max"
 
 

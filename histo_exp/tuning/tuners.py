@@ -45,6 +45,10 @@ class TrackedTuner:
 
     def __init__(self, *args: Any, tracker: Tracker | None = None, folds: Sequence[tuple[Any, Any]] = (),
                  **kwargs: Any) -> None:
+        self._track(tracker, folds)
+        super().__init__(*args, **kwargs)
+
+    def _track(self, tracker: Tracker | None, folds: Sequence[tuple[Any, Any]]) -> None:
         if folds and isinstance(self, kt.Hyperband):
             raise ValueError("tuner=hyperband continues a trial from an earlier trial's weights, which with "
                              "tuner.cv_folds > 1 would carry one fold's training patients into another fold's "
@@ -53,7 +57,6 @@ class TrackedTuner:
         self.folds = list(folds)  # (train, validation) batches per patient fold; none: the one split
         self.fold = 0
         self.histories: list[dict[str, list[float]]] = []  # the running trial's metrics, per fold and epoch
-        super().__init__(*args, **kwargs)
 
     def run_trial(self, trial: kt.engine.trial.Trial, *args: Any, **kwargs: Any) -> list:
         """KerasTuner's trial (best epoch checkpointed), once per patient fold with ``folds``.
@@ -206,15 +209,18 @@ class BayesianOracle(kt.oracles.BayesianOptimizationOracle):
 ORACLE_ARGS = set(inspect.signature(BayesianOracle).parameters) - {"kwargs"}
 
 
-class BayesianOptimization(TrackedTuner, kt.Tuner):
+class BayesianOptimization(TrackedTuner, kt.BayesianOptimization):
     """KerasTuner's Bayesian optimization (Gaussian process) with tracking and ``BayesianOracle``.
 
     Takes ``kt.BayesianOptimization``'s arguments: the oracle's go to the oracle, the rest to the tuner.
     """
 
-    def __init__(self, hypermodel: kt.HyperModel | None = None, **kwargs: Any) -> None:
+    def __init__(self, hypermodel: kt.HyperModel | None = None, *, tracker: Tracker | None = None,
+                 folds: Sequence[tuple[Any, Any]] = (), **kwargs: Any) -> None:
+        self._track(tracker, folds)
         oracle = BayesianOracle(**{k: kwargs.pop(k) for k in ORACLE_ARGS & set(kwargs)})
-        super().__init__(oracle=oracle, hypermodel=hypermodel, **kwargs)
+        # kt.BayesianOptimization.__init__ only builds KerasTuner's own oracle: go past it to the Tuner.
+        kt.Tuner.__init__(self, oracle=oracle, hypermodel=hypermodel, **kwargs)
 
 
 class RandomSearch(TrackedTuner, kt.RandomSearch):
