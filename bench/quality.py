@@ -77,6 +77,8 @@ ROWS = [
     Row("hed-0.05", ("data.augment.hed=0.05",)),
     Row("hed-0.1", ("data.augment.hed=0.1",)),
     Row("bright-contrast-0.1", ("data.augment.brightness=0.1", "data.augment.contrast=0.1")),
+    Row("bright-contrast-no-flip", ("data.augment.brightness=0.1", "data.augment.contrast=0.1",
+                                    "data.augment.flip=false", "data.augment.rotate90=false")),
     Row("sat-hue", ("data.augment.saturation=0.2", "data.augment.hue=0.05")),
     Row("gray-hed-0.05", ("data.color=gray", "data.augment.hed=0.05")),
     Row("normalize", ("data.normalize=per_patch",)),
@@ -86,6 +88,7 @@ ROWS = [
     Row("batch-norm", ("model.batch_norm=true",)),
     Row("gap-head", ("model.head=gap",)),
     Row("convs-2", ("model.convs_per_block=2",)),
+    Row("cv-2", ("tuner.cv_folds=2",), (1, 2)),  # one trial: no choice to make, so this is the 2 fold models averaged
     Row("small", budget="small"),  # the baseline of the "small" rows below
     Row("small-cv-2", ("tuner.cv_folds=2",), budget="small"),
     Row("small-ensemble-3", ("eval.ensemble=3",), budget="small"),
