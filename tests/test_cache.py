@@ -90,8 +90,22 @@ def test_memory_map_batches_equal_the_decoded_images(tiny_root, tmp_path):
     cached = ingest(m, tmp_path, 50, progress=False)
     idx = np.arange(0, len(m), 3)
     batches = PatchBatches(cached.images, m.labels, idx, 32)
+    assert batches._rows is not None  # read from the cache file, not through the map
     x = np.concatenate([batches[i][0] for i in range(len(batches))])
     assert np.array_equal(x, decode(m, 50, progress=False).images[idx])
+    shuffled = PatchBatches(cached.images, m.labels, idx, 32, shuffle=True, seed=4)
+    in_memory = PatchBatches(np.array(cached.images), m.labels, idx, 32, shuffle=True, seed=4)
+    assert all(np.array_equal(shuffled[i][0], in_memory[i][0]) for i in range(len(shuffled)))
+
+
+def test_a_cache_file_cut_short_is_an_error_that_says_to_rebuild(tiny_root, tmp_path):
+    m = index(tiny_root)
+    cached = ingest(m, tmp_path, 50, progress=False)
+    batches = PatchBatches(cached.images, m.labels, np.arange(len(m)), 16)
+    with open(cached.folder / IMAGES, "r+b") as f:
+        f.truncate(cached.images.offset + 10 * cached.images[0].nbytes)
+    with pytest.raises(OSError, match="cut short; delete its folder"):
+        batches[0]
 
 
 @pytest.mark.slow
