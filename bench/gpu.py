@@ -4,7 +4,7 @@
       the device (no input pipeline at all);
   (b) histo_exp's own path: the same network from ``SpaceHyperModel`` fitted on ``PatchBatches``
       over the uint8 cache of a full-size synthetic dataset (279 x 995 patches), as a trial fits,
-      gathering from the host memory map and from the cache held in device memory
+      reading from the host cache file and from the cache held in device memory
       (``trainer.data_on_device``); both at float32 and mixed_bfloat16, batch 256 and 1024:
       images/s and the ratio (b)/(a);
   (c) one 10-trial search through the CLI at the best (b) setting, 2 epochs per trial, timed from
@@ -105,7 +105,7 @@ def ceiling(cfg, input_shape, n: int, epochs: int) -> float:
 
 def ours(cfg, data, epochs: int, images) -> float:
     """Images/s of ``SpaceHyperModel.fit`` on ``PatchBatches`` of the training split, as a trial fits,
-    gathering from ``images`` (the cache's memory map, or the same array in device memory)."""
+    gathering from ``images`` (the cache file behind its memory map, or the same array in device memory)."""
     from histo_exp.data.batches import PatchBatches
 
     hypermodel, hp = trial_model(cfg, data.input_shape)
@@ -181,7 +181,7 @@ def main() -> None:
     projected = took + spec["trials"] * (20 - spec["trial_epochs"]) * per_epoch
     table = "\n".join([
         f"### make bench-gpu ({args.size}, {time.strftime('%Y-%m-%d')})", "", f"Machine: {machine()}", "",
-        "| precision | batch | (a) ceiling, images/s | (b) histo_exp fit from the host memory map, images/s "
+        "| precision | batch | (a) ceiling, images/s | (b) histo_exp fit from the host cache file, images/s "
         "| (b) from device memory, images/s | best (b)/(a) |",
         "|---|---|---|---|---|---|", *rows, "",
         f"(b) gathers batches with {LOADERS} loader threads (`trainer.loader_workers`).", "",
