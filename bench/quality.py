@@ -89,6 +89,9 @@ ROWS = [
     Row("gap-head", ("model.head=gap",)),
     Row("convs-2", ("model.convs_per_block=2",)),
     Row("cv-2", ("tuner.cv_folds=2",), (1, 2)),  # one trial: no choice to make, so this is the 2 fold models averaged
+    # Three trials around fixed's learning rate, the kept model their average: an ensemble at three times fixed's cost.
+    Row("ensemble-3", ("tuner.max_trials=3", "optimizer.learning_rate={min: 0.0005, max: 0.002, log: true}",
+                       "eval.ensemble=3"), (1, 2)),
     Row("small", budget="small"),  # the baseline of the "small" rows below
     Row("small-cv-2", ("tuner.cv_folds=2",), budget="small"),
     Row("small-ensemble-3", ("eval.ensemble=3",), budget="small"),
