@@ -73,7 +73,7 @@ def test_predict_checks_its_output_before_any_inference(tmp_path, tiny_root, out
 @pytest.mark.parametrize("overrides, says", [
     (["data=idc", "data.root=nowhere"], "nowhere"),
     (["model.kernel_size={choice: []}"], "kernel_size: a choice is written"),  # a search-space spec
-    (["model.blocks=9"], "model.blocks=9 does not fit 50px images"),
+    (["model.blocks=9"], "model.blocks=9 does not fit 32px images"),  # the synthetic default's size
     (["optimizer.learning_rate={min: 0.1, max: 0.01}"], "min (0.1) is larger than max (0.01)"),
 ])
 def test_an_experiment_config_error_is_one_line_before_any_data_work(tmp_path, overrides, says):
