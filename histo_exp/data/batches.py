@@ -35,7 +35,7 @@ class FileRows:
     A gather through the memory map faults in every page it touches, and dropping those pages
     again (``release_pages``, to keep the resident size flat) makes the next batch fault afresh:
     76,603 images/s from one thread on the full cache (``make bench``). A read copies from the page
-    cache with no mapping at all, 2.5 times as fast on the same host, with nothing resident but
+    cache with no mapping at all, 2.4 times as fast on the same host, with nothing resident but
     the batch. One read per row: a system call, no pixel work in Python.
     """
 

@@ -188,7 +188,7 @@ class BayesianOracle(kt.oracles.BayesianOptimizationOracle):
         self.gpr.fit(np.nan_to_num(x, posinf=0, neginf=0), np.nan_to_num(y, posinf=0, neginf=0))
 
         def bound(points: np.ndarray) -> np.ndarray:  # minimised: y holds -score for a max objective
-            mu, sigma = self.gpr.predict(np.atleast_2d(points), return_std=True)
+            mu, sigma = self.gpr.predict(points, return_std=True)
             return mu - self.beta * sigma
 
         limits = self._get_hp_bounds()
