@@ -170,9 +170,10 @@ def test_the_module_runs_when_installed_outside_the_repo(tmp_path):
                     "-q", "--target", str(target), str(REPO)], check=True, capture_output=True)
     assert not (target / "histo_exp" / "conf").is_symlink()
     done = subprocess.run(
-        [sys.executable, "-m", "histo_exp", "--cfg", "job", "optimizer=sgd"],
+        [sys.executable, "-m", "histo_exp", "--cfg", "job", "data=idc"],
         cwd=tmp_path, env={**cli_env(tmp_path), "PYTHONPATH": str(target)},
         capture_output=True, text=True, timeout=120,
     )
     assert done.returncode == 0, done.stderr[-2000:]
-    assert "keras.optimizers.SGD" in done.stdout
+    assert "keras.optimizers.Adam" in done.stdout
+    assert "max_trials: 3" in done.stdout and "min: 0.0005" in done.stdout  # data=idc's preset, nested folder too
