@@ -240,8 +240,10 @@ def write_report(all_folds: list[Fold]) -> None:
         "patients outside a fold and predicts the fold's left-out patients with `python -m histo_exp.predict`; "
         "the three folds' predictions are pooled. Balanced accuracy is at each model's own saved threshold. "
         "Search budgets: " + "; ".join(f"{name}: `{' '.join(o) or 'the defaults'}`" for name, o in BUDGETS.items())
-        + ". Rows change only what their overrides say, on top of every lever off: "
-        f"`{' '.join(f'{k}={v}' for k, v in BASE.items())}`.\n\n"
+        + ". Rows change only what their overrides say, on top of every lever off and without data=idc's preset "
+        f"(`~preset {' '.join(f'{k}={v}' for k, v in BASE.items())}`), except "
+        + ", ".join(f"`{r.name}`" for r in ROWS if not r.base)
+        + ": data=idc as it is, its preset (conf/preset/idc.yaml) included.\n\n"
         f"{fold_lines}\n\n{table(all_folds)}\n\n"
         "\\* a fold whose wall time is not a training time (its JSON's `timing_note` says why) is left out of the "
         "max. Wall times are as measured on the machine above, with whatever else ran on it at the time.\n")
