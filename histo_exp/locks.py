@@ -9,6 +9,8 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
+from histo_exp.errors import WaitedTooLong
+
 log = logging.getLogger(__name__)
 
 
@@ -30,7 +32,7 @@ def held(path: Path, doing: str, timeout_s: float) -> Iterator[None]:
         try:
             lock.acquire(timeout=timeout_s)
         except Timeout:
-            raise TimeoutError(
+            raise WaitedTooLong(
                 f"another process has held {path} for over {timeout_s:.0f} s while it {doing}: let it "
                 f"finish or stop it, then run again; if no process is doing that, delete {path}"
             ) from None

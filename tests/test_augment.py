@@ -14,6 +14,7 @@ import keras
 import numpy as np
 import pytest
 
+from histo_exp.errors import UsageError
 from histo_exp.model.augment import (
     Dihedral,
     HEDJitter,
@@ -21,11 +22,9 @@ from histo_exp.model.augment import (
     RandomSaturation,
     StandardizeColour,
     ToGray,
-    hed_to_rgb,
     input_layers,
-    rgb_to_hed,
-    saturate,
 )
+from histo_exp.model.colour import hed_to_rgb, rgb_to_hed, saturate
 from histo_exp.model.saving import load_model, save_model
 
 STRENGTHS = {"hed": 0.05, "brightness": 0.1, "contrast": 0.1, "saturation": 0.1, "hue": 0.05}
@@ -188,7 +187,7 @@ def test_random_dihedral_only_moves_pixels(flip, rotate90, elements):
 
 
 def test_random_dihedral_needs_square_images_to_turn():
-    with pytest.raises(ValueError, match="square"):
+    with pytest.raises(UsageError, match="square"):
         RandomDihedral(seed=0)(np.zeros((1, 4, 6, 3), "float32"), training=True)
     y = RandomDihedral(rotate90=False, seed=0)(np.zeros((1, 4, 6, 3), "float32"), training=True)
     assert y.shape == (1, 4, 6, 3)
@@ -220,7 +219,7 @@ def test_per_patch_normalisation_gives_every_patch_the_same_colour_statistics_at
     np.testing.assert_allclose(np.asarray(StandardizeColour()(x)), y, atol=1e-4)
     path = save_model(model, tmp_path / "m.keras", {})
     np.testing.assert_allclose(load_model(path)[0].predict(x, verbose=0), y, atol=1e-5)
-    with pytest.raises(ValueError, match="none or per_patch"):
+    with pytest.raises(UsageError, match="none or per_patch"):
         input_layers(normalize="yes")
 
 

@@ -1,5 +1,5 @@
-"""Training-time augmentation as Keras layers at the model's input, and the fixed views of test-time
-augmentation.
+"""Augmentation as Keras layers at the model's input (random ones for training, fixed dihedral views for
+test-time augmentation) and ``input_layers``, which picks them; their colour maths is in ``colour.py``.
 
 Images are float (batch, H, W, 3) with values 0..255 (square for the 90-degree turns). The random layers
 change images only when called with ``training=True`` (``model.fit``); ``model.predict``, ``evaluate``
@@ -10,41 +10,12 @@ policy, so they sit unchanged in front of a ``mixed_bfloat16`` model. Only ``ker
 
 from __future__ import annotations
 
-import math
-
 import keras
 import numpy as np
 from keras import ops
 
-# Ruifrok & Johnston's stain vectors, as skimage.color has them (rgb_from_hed): rows are the optical
-# density of haematoxylin, eosin and DAB in R, G, B.
-RGB_FROM_HED = np.array([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]])
-HED_FROM_RGB = np.linalg.inv(RGB_FROM_HED)
-# skimage scales optical density by -ln(1e-6), the density of its darkest pixel, so stains are ~0..1.
-_FLOOR = 1e-6
-_OD_SCALE = -math.log(_FLOOR)
-
-# cv2's RGB -> gray weights (ITU-R BT.601), the ones data.color=gray decodes with.
-GRAY_WEIGHTS = (0.299, 0.587, 0.114)
-
-
-def _mix(x, matrix: np.ndarray):
-    """``x @ matrix`` over the channel axis as multiply-adds: matmul may run in TF32 on GPUs, which would
-    cost the HED round trip grey levels."""
-    return sum(x[..., i : i + 1] * matrix[i].astype("float32") for i in range(matrix.shape[0]))
-
-
-def rgb_to_hed(images):
-    """RGB 0..255 -> haematoxylin, eosin, DAB in skimage's units (``skimage.color.rgb2hed``), except that
-    stains are not clipped at 0, so that ``hed_to_rgb`` inverts it exactly."""
-    rgb = ops.maximum(ops.cast(images, "float32") / 255.0, _FLOOR)
-    return _mix(-ops.log(rgb) / _OD_SCALE, HED_FROM_RGB)
-
-
-def hed_to_rgb(stains):
-    """Haematoxylin, eosin, DAB (``rgb_to_hed``'s units) -> RGB clipped to 0..255, as skimage's hed2rgb."""
-    od = _mix(ops.cast(stains, "float32"), RGB_FROM_HED) * _OD_SCALE
-    return ops.clip(ops.exp(-od) * 255.0, 0.0, 255.0)
+from histo_exp.errors import UsageError
+from histo_exp.model.colour import hed_to_rgb, rgb_to_gray, rgb_to_hed, saturate
 
 
 def dihedral(images, transpose, flip_v, flip_h):
@@ -113,7 +84,7 @@ class RandomDihedral(_RandomLayer):
 
     def build(self, input_shape):
         if self.rotate90 and input_shape[1] != input_shape[2]:
-            raise ValueError(f"RandomDihedral turns only square images; got shape {tuple(input_shape)}")
+            raise UsageError(f"RandomDihedral turns only square images; got shape {tuple(input_shape)}")
         super().build(input_shape)
 
     def augment(self, images):
@@ -141,7 +112,7 @@ class Dihedral(_Float32Layer):
     def __init__(self, k: int, **kwargs):
         super().__init__(**kwargs)
         if not 0 <= int(k) <= 7:
-            raise ValueError(f"Dihedral k is 0..7, got {k}")
+            raise UsageError(f"Dihedral k is 0..7, got {k}")
         self.k = int(k)
 
     def call(self, inputs):
@@ -180,20 +151,6 @@ class HEDJitter(_RandomLayer):
         return {**super().get_config(), "scale": self.scale, "shift": self.shift}
 
 
-def saturate(images, gain):
-    """Scale HSV saturation by ``gain`` (broadcast per image), capped at 1, keeping hue and value: the
-    maths of ``tf.image.adjust_saturation`` done in RGB.
-
-    Each channel sits ``(max - c) = max * S * t(hue)`` below the pixel's max, so scaling S scales that
-    gap; no HSV round trip, which XLA compiles into a very slow kernel when ``gain`` is random.
-    """
-    r, g, b = images[..., 0:1], images[..., 1:2], images[..., 2:3]  # not ops.max: slow in XLA on CPU
-    top = ops.maximum(ops.maximum(r, g), b)
-    spread = top - ops.minimum(ops.minimum(r, g), b)  # saturation = spread / top
-    ratio = ops.minimum(gain, top / ops.maximum(spread, 1e-6))  # new / old saturation, capped at 1
-    return ops.clip(top - (top - images) * ratio, 0.0, 255.0)
-
-
 @keras.saving.register_keras_serializable(package="histo_exp")
 class RandomSaturation(_RandomLayer):
     """HSV saturation times ``U(1 - factor, 1 + factor)`` per image, capped at 1 (``saturate``).
@@ -205,7 +162,7 @@ class RandomSaturation(_RandomLayer):
     def __init__(self, factor: float, seed: int | None = None, **kwargs):
         super().__init__(seed=seed, **kwargs)
         if not 0.0 <= factor <= 1.0:
-            raise ValueError(f"saturation factor is 0..1, got {factor}")
+            raise UsageError(f"saturation factor is 0..1, got {factor}")
         self.factor = float(factor)
 
     def augment(self, images):
@@ -250,7 +207,7 @@ class ToGray(_Float32Layer):
     ``data.color=gray`` colour augmentation happens in RGB and this makes the image the network sees."""
 
     def call(self, inputs):
-        return _mix(ops.cast(inputs, "float32"), np.array(GRAY_WEIGHTS)[:, None])
+        return rgb_to_gray(inputs)
 
     def compute_output_shape(self, input_shape):
         return (*input_shape[:-1], 1)
@@ -318,7 +275,7 @@ def input_layers(
     draws fresh seeds.
     """
     if not 0.0 <= hue <= 0.5:
-        raise ValueError(f"hue is 0..0.5 (of a full turn), got {hue}")
+        raise UsageError(f"hue is 0..0.5 (of a full turn), got {hue}")
     layers: list[keras.layers.Layer] = []
     if flip or rotate90:
         layers.append(RandomDihedral(flip=flip, rotate90=rotate90, seed=_seed(seed, "dihedral")))
@@ -336,7 +293,7 @@ def input_layers(
     if gray:
         layers.append(ToGray())
     if normalize not in ("none", "per_patch"):
-        raise ValueError(f"data.normalize must be none or per_patch; got {normalize!r}")
+        raise UsageError(f"data.normalize must be none or per_patch; got {normalize!r}")
     if normalize == "per_patch":
         layers.append(StandardizeColour())
     return layers

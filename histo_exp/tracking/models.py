@@ -44,7 +44,7 @@ def log_pyfunc_model(client: MlflowClient, experiment_id: str, run_id: str, kera
     from mlflow.types import Schema, TensorSpec
 
     import histo_exp
-    from histo_exp.model.pyfunc import KERAS_ARTIFACT, IdcProbability
+    from histo_exp.tracking.pyfunc import KERAS_ARTIFACT, IdcProbability
 
     signature = ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, *input_shape))]),
                                outputs=Schema([TensorSpec(np.dtype(np.float32), (-1,))]))

@@ -19,6 +19,7 @@ from typing import Any
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from histo_exp.errors import UsageError
 from histo_exp.locks import held
 from histo_exp.tracking.writes import Write, apply
 
@@ -65,7 +66,7 @@ class Spool:
             cls(path.parent) for path in sorted(root.rglob(f"{FOLDER}/{WRITES}"))]
         return [spool for spool in found if spool.pending()]
 
-    def keep(self, write: Write) -> None:
+    def append(self, write: Write) -> None:
         """Append ``write``; on disk before this returns."""
         self.folder.mkdir(parents=True, exist_ok=True)
         store = self.folder / STORE
@@ -95,7 +96,7 @@ class Spool:
                 writes.append(json.loads(line))
             except ValueError:
                 if i < len(lines) - 1:
-                    raise ValueError(f"{self.folder / WRITES} line {i + 1} is not a write: was it edited?") from None
+                    raise UsageError(f"{self.folder / WRITES} line {i + 1} is not a write: was it edited?") from None
         return writes
 
     def progress(self) -> dict[str, Any]:

@@ -9,6 +9,7 @@ from mlflow.entities import LoggedModelStatus
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from histo_exp.errors import PathNotFound
 from histo_exp.tracking.base import KERAS_RUN_ARTIFACT, MODEL_NAME, TRIAL_ID
 
 
@@ -16,11 +17,11 @@ def reader(tracking_uri: str | None) -> MlflowClient:
     """A client for reading an existing store: a SQLite file that is not there is an error, not
     a new empty store (a command that fails writes nothing)."""
     if not tracking_uri or tracking_uri == "None":
-        raise FileNotFoundError("no MLflow store to look this up in (logger=none): pass a file, or drop logger=none "
-                                "or pass tracking_uri=... to name the store")
+        raise PathNotFound("no MLflow store to look this up in (logger=none): pass a file, or drop logger=none "
+                           "or pass tracking_uri=... to name the store")
     if tracking_uri.startswith("sqlite:///") and not Path(tracking_uri.removeprefix("sqlite:///")).is_file():
-        raise FileNotFoundError(f"no MLflow store at {tracking_uri}: run from the folder the search ran in, "
-                                "or pass tracking_uri=... for another store")
+        raise PathNotFound(f"no MLflow store at {tracking_uri}: run from the folder the search ran in, "
+                           "or pass tracking_uri=... for another store")
     return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
 
 
@@ -37,7 +38,7 @@ def download_model(ref: str, tracking_uri: str, folder: Path) -> Path:
     try:
         client.get_run(ref)
     except Exception as err:
-        raise FileNotFoundError(
+        raise PathNotFound(
             f"model={ref!r} is neither a .keras file, nor a run in {tracking_uri}, nor an MLflow "
             "model URI (models:/<name>@<alias>, models:/<name>/<version>, models:/<model id>, "
             f"runs:/<run id>/{MODEL_NAME}); pass tracking_uri=... for another store"
@@ -45,7 +46,7 @@ def download_model(ref: str, tracking_uri: str, folder: Path) -> Path:
     try:
         return Path(client.download_artifacts(ref, KERAS_RUN_ARTIFACT, str(folder)))
     except MlflowException:
-        raise FileNotFoundError(
+        raise PathNotFound(
             f"run {ref} has no {KERAS_RUN_ARTIFACT} in {tracking_uri}: it is not a search run, or the store "
             "could not take the model when it ended (the run then said so and kept it in its output folder: "
             "`python -m histo_exp.sync folder=<that folder>` uploads it, or pass model=<that folder>/best_model.keras)"
@@ -57,22 +58,22 @@ def _download_pyfunc_keras(uri: str, tracking_uri: str, folder: Path) -> Path:
     import mlflow.artifacts
     from mlflow.models import Model
 
-    from histo_exp.model.pyfunc import KERAS_ARTIFACT
+    from histo_exp.tracking.pyfunc import KERAS_ARTIFACT
 
     try:
         local = Path(mlflow.artifacts.download_artifacts(
             artifact_uri=_model_location(uri, tracking_uri), dst_path=str(folder), tracking_uri=tracking_uri))
         flavor = Model.load(str(local)).flavors.get("python_function", {})
     except Exception as err:
-        raise FileNotFoundError(
+        raise PathNotFound(
             f"model={uri!r}: no MLflow model there in {tracking_uri} ({err}). Pass "
             "models:/<name>@<alias>, models:/<name>/<version>, models:/<model id>, "
             f"runs:/<search run id>/{MODEL_NAME} or a search run id (tracking_uri=... for another store)"
         ) from err
     keras_file = flavor.get("artifacts", {}).get(KERAS_ARTIFACT, {}).get("path")
     if not keras_file:
-        raise FileNotFoundError(f"model={uri!r} is an MLflow model that histo_exp did not log "
-                                f"(no {KERAS_ARTIFACT!r} artifact): pass a histo_exp model or run")
+        raise PathNotFound(f"model={uri!r} is an MLflow model that histo_exp did not log "
+                           f"(no {KERAS_ARTIFACT!r} artifact): pass a histo_exp model or run")
     return local / keras_file
 
 
@@ -117,7 +118,7 @@ def trial_runs(run_id: str, tracking_uri: str) -> list[dict[str, Any]]:
     try:
         search = client.get_run(run_id)
     except Exception as err:
-        raise FileNotFoundError(f"no run {run_id!r} in {tracking_uri} (pass tracking_uri=... for another store)") from err
+        raise PathNotFound(f"no run {run_id!r} in {tracking_uri} (pass tracking_uri=... for another store)") from err
     runs = client.search_runs([search.info.experiment_id],
                               f"tags.`mlflow.parentRunId` = '{run_id}'", max_results=10000)
     return [{"trial": r.data.tags.get(TRIAL_ID, r.info.run_name),
