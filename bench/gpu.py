@@ -51,9 +51,10 @@ def config(size: str, *overrides: str):
 def trial_model(cfg, input_shape):
     import keras_tuner as kt
 
-    from histo_exp.runner import hypermodel_from_config
+    from histo_exp import build
+    from histo_exp.settings import load
 
-    hypermodel = hypermodel_from_config(cfg, input_shape)
+    hypermodel = build.hypermodel(load(cfg), input_shape)
     hp = kt.HyperParameters()
     for name, value in NETWORK.items():
         hp.Fixed(name, value)

@@ -119,7 +119,7 @@ def measure_ours(root: Path, cache: Path) -> dict:
     cached = ingest(m, cache, 50, progress=False)
     took = time.perf_counter() - t
     assert cached.built
-    return {"patches": int(cached.keep.sum()), "seconds": took, "rate": len(m) / took,
+    return {"patches": int(cached.usable.sum()), "seconds": took, "rate": len(m) / took,
             "peak_rss_mib": peak_rss_mib()}
 
 
@@ -176,7 +176,7 @@ def measure_loader(root: Path, cache: Path) -> dict:
 
     m = index(root)
     cached = ingest(m, cache, 50, progress=False)
-    batches = PatchBatches(cached.images, m.labels, np.flatnonzero(cached.keep), 64, shuffle=True)
+    batches = PatchBatches(cached.images, m.labels, np.flatnonzero(cached.usable), 64, shuffle=True)
     for i in range(50):  # page cache and allocator warm-up
         batches[i]
     n = min(len(batches) - 50, 3000)
@@ -208,7 +208,7 @@ def measure_train(root: Path, cache: Path, mode: str) -> dict:
 
     m = index(root)
     cached = ingest(m, cache, 50, progress=False)
-    rows = np.flatnonzero(cached.keep)
+    rows = np.flatnonzero(cached.usable)
     rows = rows if mode == "ours-full" else rows[:TRAIN_SUBSET]
     model = _model()
     if mode == "float":

@@ -6,6 +6,8 @@ from pathlib import Path
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
+from histo_exp.errors import UsageError
+
 # histo_exp/conf links to the repo's conf/ in a checkout and is a real folder in a wheel.
 CONFIG_DIR = Path(__file__).resolve().parent / "conf"
 
@@ -20,4 +22,4 @@ def require(cfg: DictConfig, keys: Sequence[str], usage: str) -> None:
     """Stop with the usage line when a mandatory key (``???``) was not given."""
     missing = [k for k in keys if OmegaConf.is_missing(cfg, k)]
     if missing:
-        raise SystemExit(f"missing {' and '.join(missing)}. Usage: {usage}")
+        raise UsageError(f"missing {' and '.join(missing)}. Usage: {usage}")

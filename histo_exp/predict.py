@@ -18,6 +18,7 @@ from omegaconf import DictConfig
 
 from histo_exp.config import CONFIG_DIR, require
 from histo_exp.errors import one_line_errors
+from histo_exp.errors import PathNotFound, UsageError
 
 log = logging.getLogger("histo_exp.predict")
 USAGE = ("python -m histo_exp.predict model=<best_model.keras, search run id or models:/name@alias> "
@@ -29,7 +30,7 @@ def resolve_model(model: str, tracking_uri: str, scratch: Path) -> Path:
     if Path(model).is_file():
         return Path(model)
     if model.endswith(".keras"):
-        raise FileNotFoundError(f"model={model}: no such file (pass a .keras file, a search run id or a "
+        raise PathNotFound(f"model={model}: no such file (pass a .keras file, a search run id or a "
                                 "models:/ URI)")
     from histo_exp.tracking import download_model
 
@@ -41,27 +42,27 @@ def check_writable(path: Path, key: str, folder: bool = False) -> None:
     written, creating nothing: the nearest folder that exists takes a temporary file (permission bits
     alone miss read-only mounts and root)."""
     if path.is_dir() and not folder:
-        raise IsADirectoryError(f"{key}={path} is a folder: name a file in it")
+        raise UsageError(f"{key}={path} is a folder: name a file in it")
     start = path.absolute() if folder else path.parent.absolute()
     there = next(p for p in (start, *start.parents) if p.exists())
     if not there.is_dir():
-        raise NotADirectoryError(f"cannot write {key}={path}: {there} is a file, not a folder")
+        raise UsageError(f"cannot write {key}={path}: {there} is a file, not a folder")
     try:
         with tempfile.TemporaryFile(dir=there):
             pass
     except OSError as err:
-        raise PermissionError(f"cannot write {key}={path}: {there} is not writable ({err.strerror}); "
+        raise UsageError(f"cannot write {key}={path}: {there} is not writable ({err.strerror}); "
                               f"pass {key}=<a path you can write>") from None
 
 
-def write_csv(path: Path, manifest, prob: np.ndarray, keep: np.ndarray, skipped: dict[str, str],
+def write_csv(path: Path, manifest, prob: np.ndarray, usable: np.ndarray, skipped: dict[str, str],
               threshold: float) -> None:
     """One row per file: its place, IDC probability and label, or why it could not be read."""
     with path.open("w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["path", "patient", "x", "y", "prob_idc", "label", "error"])
         for i, rel in enumerate(manifest.paths):
-            good = bool(keep[i])
+            good = bool(usable[i])
             w.writerow([str(manifest.root / rel), manifest.patients[i],
                         manifest.x[i] if manifest.x[i] >= 0 else "", manifest.y[i] if manifest.y[i] >= 0 else "",
                         f"{prob[i]:.6f}" if good else "", int(prob[i] >= threshold) if good else "",
@@ -91,13 +92,13 @@ def predict_files(cfg: DictConfig) -> Path:
     if "threshold" not in meta:
         log.warning("%s carries no histo_exp metadata: using threshold 0.5", path)
     decoded = decode(manifest, size, color, "pad", cfg.workers)
-    ok = np.flatnonzero(decoded.keep)
+    ok = np.flatnonzero(decoded.usable)
     prob = np.full(len(manifest), np.nan)
     if ok.size:
         batches = PatchBatches(decoded.images, np.maximum(manifest.labels, 0), ok, int(cfg.batch_size))
         prob[ok] = predict(model, batches).y_prob
     out.parent.mkdir(parents=True, exist_ok=True)
-    write_csv(out, manifest, prob, decoded.keep, decoded.skipped, threshold)
+    write_csv(out, manifest, prob, decoded.usable, decoded.skipped, threshold)
     log.info("%d images, %d predicted, %d errors, threshold %.3f -> %s", len(manifest), ok.size,
              len(manifest) - ok.size, threshold, out)
     if patient_maps(manifest.patients[ok], manifest.x[ok], manifest.y[ok], manifest.labels[ok], prob[ok],

@@ -12,6 +12,7 @@ from omegaconf import DictConfig
 from histo_exp.config import CONFIG_DIR
 from histo_exp.data.dataset import load
 from histo_exp.errors import one_line_errors
+from histo_exp.settings import load as load_settings
 
 log = logging.getLogger("histo_exp.prepare")
 
@@ -20,7 +21,7 @@ log = logging.getLogger("histo_exp.prepare")
 def main(cfg: DictConfig) -> None:
     """Index and cache ``cfg.data``; print per-class and per-patient counts."""
     with one_line_errors():
-        data = load(cfg.data)
+        data = load(load_settings(cfg).data)
     log.info("prepared:\n%s", data.summary(per_patient=True))
 
 

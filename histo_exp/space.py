@@ -13,11 +13,13 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from histo_exp.errors import UsageError
+
 RANGE_KEYS = {"min", "max", "log", "step", "default"}
 CHOICE_KEYS = {"choice", "default"}
 
 
-class SearchSpaceError(ValueError):
+class SearchSpaceError(UsageError):
     """A config value that is neither a fixed value nor a valid search-space spec."""
 
 
@@ -33,7 +35,8 @@ def is_spec(value: Any) -> bool:
     return isinstance(value, Mapping) and ("choice" in value or {"min", "max"} <= set(value))
 
 
-def _check_spec(name: str, spec: Mapping) -> None:
+def check_spec(name: str, spec: Mapping) -> None:
+    """Raise ``SearchSpaceError`` unless ``spec`` is a well-formed choice or range."""
     keys = set(spec)
     if "choice" in spec:
         extra = keys - CHOICE_KEYS
@@ -66,7 +69,7 @@ def declare(hp: Any, name: str, spec: Any) -> Any:
             f"{name}: expected a fixed value, {{choice: [...]}} or {{min: a, max: b[, log: true]}}; "
             f"got a mapping with keys {sorted(spec)}"
         )
-    _check_spec(name, spec)
+    check_spec(name, spec)
     if "choice" in spec:
         return hp.Choice(name, list(spec["choice"]), default=spec.get("default"))
     lo, hi = spec["min"], spec["max"]

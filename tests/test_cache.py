@@ -26,7 +26,7 @@ def test_cache_is_built_once_then_reused_as_a_memory_map(tiny_root, tmp_path):
     assert first.built and not again.built and first.folder == again.folder
     assert isinstance(again.images, np.memmap) and again.images.dtype == np.uint8
     assert np.array_equal(np.asarray(again.images), decode(m, 50, progress=False).images)
-    assert again.keep.all() and again.skipped == {}
+    assert again.usable.all() and again.skipped == {}
 
 
 def test_changed_settings_or_files_make_a_new_cache(tiny_root, tmp_path):
@@ -39,7 +39,7 @@ def test_changed_settings_or_files_make_a_new_cache(tiny_root, tmp_path):
     victim.unlink()
     rebuilt = ingest(index(root), tmp_path / "c", 32, progress=False)
     assert rebuilt.built and rebuilt.folder != base.folder
-    assert len(rebuilt.keep) == len(base.keep) - 1
+    assert len(rebuilt.usable) == len(base.usable) - 1
 
 
 def test_a_killed_ingest_leaves_no_usable_cache_and_the_next_sweeps_it(tiny_root, tmp_path, caplog):
@@ -79,7 +79,7 @@ cache.ingest(index({str(tiny_root)!r}), {str(cache_dir)!r}, 50, workers=1, progr
     assert ".partial-" in partial.name and (partial / IMAGES).exists() and not (partial / KEY).exists()
     with caplog.at_level(logging.INFO, logger="histo_exp.data.publish"):
         cached = ingest(index(tiny_root), cache_dir, 50, progress=False)
-    assert cached.built and cached.keep.all() and not partial.exists()
+    assert cached.built and cached.usable.all() and not partial.exists()
     assert "removed 1 partial folder(s)" in caplog.text and "MiB reclaimed" in caplog.text
     assert np.array_equal(np.asarray(cached.images), decode(index(tiny_root), 50, progress=False).images)
     assert not ingest(index(tiny_root), cache_dir, 50, progress=False).built

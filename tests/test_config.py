@@ -1,5 +1,7 @@
 """Every config group composes and builds what it describes; CLI-style overrides work."""
 
+from types import SimpleNamespace
+
 import keras_tuner as kt
 import pytest
 from hydra.errors import ConfigCompositionException
@@ -9,9 +11,10 @@ from omegaconf import OmegaConf
 
 from histo_exp.space import sample
 from histo_exp.tracking import MlflowTracker, NullTracker
-from histo_exp.tuning.tuners import BayesianOracle, tuner_from_config
-
-from helpers import hypermodel as make_hypermodel
+from histo_exp import build
+from histo_exp.settings import load
+from histo_exp.tuning.oracle import BayesianOracle
+from histo_exp.tuning.search_folder import SearchFolder
 
 
 def test_defaults_are_synthetic_cnn_adam_bayesian_mlflow(compose_cfg, tmp_path):
@@ -50,10 +53,12 @@ def test_adam_fixes_betas_and_epsilon_unless_overridden(compose_cfg):
 @pytest.mark.parametrize("tuner, cls", [
     ("bayesian", "BayesianOptimization"), ("random", "RandomSearch"), ("hyperband", "Hyperband"),
 ])
-def test_tuner_groups_build_tracked_keras_tuners(compose_cfg, tuner, cls):
-    cfg = compose_cfg(f"tuner={tuner}", "debug=fast")
-    hypermodel = make_hypermodel(cfg.model, cfg.optimizer, (32, 32, 3))
-    built = tuner_from_config(cfg.tuner, hypermodel, NullTracker())
+def test_tuner_groups_build_tracked_keras_tuners(compose_cfg, monkeypatch, tuner, cls):
+    settings = load(compose_cfg(f"tuner={tuner}", "debug=fast"))
+    data = SimpleNamespace(input_shape=(32, 32, 3))
+    monkeypatch.setattr(build, "cv_folds", lambda settings, data: [])  # no data: the one split
+    monkeypatch.setattr(build, "class_weight", lambda data, mode: None)
+    built = build.tuner(settings, data, NullTracker(), SearchFolder.of(settings.tuner))
     assert isinstance(built, getattr(kt, cls))
     assert isinstance(built.oracle, BayesianOracle) == (tuner == "bayesian")  # the faster acquisition search
     assert built.oracle.objective.name == "val_auc" and built.oracle.objective.direction == "max"

@@ -12,13 +12,16 @@ from histo_exp.data.batches import PatchBatches
 from histo_exp.data.dataset import load
 from histo_exp.data.decode import decode, fit_patch
 from histo_exp.data.device import on_device
-from histo_exp.data.index import DatasetError, index, keep_listing
+from histo_exp.data.index import DatasetError, index, save_listing
 from histo_exp.data.split import split_by_patient
 from histo_exp.data.synthetic import SyntheticSpec, generate
 
 
 def data_cfg(root: Path, **extra) -> dict:
-    return {"root": str(root), "image_size": 50, "color": "rgb", "small_patches": "pad",
+    """A whole ``data`` group (as conf/data/idc.yaml has it) for a folder of test patches."""
+    return {"name": "idc", "root": str(root), "image_size": 50, "color": "rgb", "normalize": "none",
+            "small_patches": "pad", "augment": {"flip": True, "rotate90": True, "hed": 0.0, "brightness": 0.0,
+                                                "contrast": 0.0, "saturation": 0.0, "hue": 0.0},
             "val_fraction": 0.2, "test_fraction": 0.2, "seed": 0, "workers": 2,
             "cache_dir": str(root.parent / "ingest"), "max_bad_fraction": 0.05, **extra}
 
@@ -62,7 +65,7 @@ def test_a_kept_listing_is_reused_until_a_folder_changes(tiny_root, tmp_path):
     shutil.copytree(tiny_root, root)
     (root / "90001" / "0" / "notes.txt").write_text("not an image")
     listed = index(root, memo=memo)
-    keep_listing(memo, listed)
+    save_listing(memo, listed)
     reused = index(root, memo=memo)
     assert [reused.paths, reused.ignored, reused.stamps, reused.fingerprint] == [
         listed.paths, listed.ignored, listed.stamps, listed.fingerprint]

@@ -103,12 +103,12 @@ def test_a_resumed_search_sends_what_a_killed_launch_kept_before_closing_its_run
     sends the kept writes first, so trial 0 is FINISHED with its score, not closed KILLED as an orphan."""
     from mlflow.exceptions import MlflowException
 
-    from histo_exp.tuning.folder import note_output, noted_outputs
+    from histo_exp.tuning.search_folder import SearchFolder
 
-    uri, folder = f"sqlite:///{tmp_path}/mlflow.db", tmp_path / "tuner" / "search"
+    uri, folder = f"sqlite:///{tmp_path}/mlflow.db", SearchFolder(tmp_path / "tuner" / "search")
     first = MlflowTracker(uri, "histo_exp", unsent_dir=str(tmp_path / "launch1" / "mlflow-unsent"),
                           system_metrics=False)
-    note_output(folder, tmp_path / "launch1")
+    folder.note_output(tmp_path / "launch1")
     first.start_search({"seed": 1}, "seed: 1\n", run_name="search")
     first.start_trial("0", {"lr": 0.01})
 
@@ -123,9 +123,9 @@ def test_a_resumed_search_sends_what_a_killed_launch_kept_before_closing_its_run
 
     second = MlflowTracker(uri, "histo_exp", unsent_dir=str(tmp_path / "launch2" / "mlflow-unsent"),
                            system_metrics=False)
-    note_output(folder, tmp_path / "launch2")
-    assert noted_outputs(folder) == [tmp_path / "launch1", tmp_path / "launch2"]
-    second.send_unsent(noted_outputs(folder))
+    folder.note_output(tmp_path / "launch2")
+    assert folder.outputs() == [tmp_path / "launch1", tmp_path / "launch2"]
+    second.send_unsent(folder.outputs())
     second.start_search({"seed": 1}, "seed: 1\n", run_name="search", resume=first.search_run_id)
     second.end_search("FINISHED")
     search, trials = by_role(second.client, second.experiment_id)

@@ -15,53 +15,57 @@ import pytest
 
 from helpers import TINY, cli_env, in_trial, runs, saved_model_test_auc
 from histo_exp.launch import commands, device_env
-from histo_exp.tuning.folder import record_search_run, recorded_search_run, search_lock, wait_for_search_run
-from histo_exp.tuning.roles import kerastuner_env, role, tuner_env
+from histo_exp.settings import load
+from histo_exp.tuning.search_folder import SearchFolder
 
 
 def test_distributed_config_becomes_kerastuners_environment(compose_cfg, monkeypatch):
     for name in ("KERASTUNER_TUNER_ID", "KERASTUNER_ORACLE_IP", "KERASTUNER_ORACLE_PORT"):
         monkeypatch.delenv(name, raising=False)
-    cfg = compose_cfg("tuner.distributed.role=worker", "tuner.distributed.worker_id=3",
-                      "tuner.distributed.port=9123")
-    assert tuner_env(cfg.tuner.distributed) == {"KERASTUNER_TUNER_ID": "worker3",
-                                                "KERASTUNER_ORACLE_IP": "127.0.0.1",
-                                                "KERASTUNER_ORACLE_PORT": "9123"}
-    assert tuner_env(compose_cfg("tuner.distributed.role=chief").tuner.distributed)["KERASTUNER_TUNER_ID"] == "chief"
-    assert tuner_env(compose_cfg().tuner.distributed) == {} and role(compose_cfg().tuner.distributed) is None
-    unnamed = tuner_env(compose_cfg("tuner.distributed.role=worker").tuner.distributed)
+
+    def folder(*overrides: str) -> SearchFolder:
+        return SearchFolder.of(load(compose_cfg(*overrides)).tuner)
+
+    worker = folder("tuner.distributed.role=worker", "tuner.distributed.worker_id=3", "tuner.distributed.port=9123")
+    assert worker.role == "worker" and worker.env == {"KERASTUNER_TUNER_ID": "worker3",
+                                                      "KERASTUNER_ORACLE_IP": "127.0.0.1",
+                                                      "KERASTUNER_ORACLE_PORT": "9123"}
+    assert folder("tuner.distributed.role=chief").env["KERASTUNER_TUNER_ID"] == "chief"
+    assert folder().env == {} and folder().role == "lone"
+    unnamed = folder("tuner.distributed.role=worker").env
     assert unnamed["KERASTUNER_TUNER_ID"].startswith("worker-")  # host and pid: never two alike
-    with kerastuner_env(cfg.tuner.distributed) as env:  # set for the run, gone after it
-        assert os.environ["KERASTUNER_TUNER_ID"] == env["KERASTUNER_TUNER_ID"] == "worker3"
+    with worker.entered():  # set for the run, gone after it
+        assert os.environ["KERASTUNER_TUNER_ID"] == "worker3"
     assert "KERASTUNER_TUNER_ID" not in os.environ
-    with pytest.raises(ValueError, match="chief, worker or null"):
-        role(compose_cfg("tuner.distributed.role=boss").tuner.distributed)
+    with pytest.raises(ValueError, match="tuner.distributed.role must be one of 'chief', 'worker' or null"):
+        folder("tuner.distributed.role=boss")
     # KerasTuner's own protocol, set by a cluster scheduler, is understood too.
     monkeypatch.setenv("KERASTUNER_TUNER_ID", "tuner7")
     monkeypatch.setenv("KERASTUNER_ORACLE_IP", "10.0.0.1")
-    assert role(None) == "worker"
+    assert folder().role == "worker"
 
 
 def test_workers_wait_for_a_running_search_run_and_say_what_to_fix(tmp_path):
-    record_search_run(tmp_path, "abc", "sqlite:///x.db", session="s1")
-    assert recorded_search_run(tmp_path, "sqlite:///x.db") == "abc"
-    assert recorded_search_run(tmp_path, "http://elsewhere") is None  # another store: not this run
-    assert wait_for_search_run(tmp_path, "sqlite:///x.db", lambda run: run == "abc", 5) == "abc"
+    SearchFolder(tmp_path, session="s1").record_run("abc", "sqlite:///x.db")
+    alone = SearchFolder(tmp_path)
+    assert alone.recorded_run("sqlite:///x.db") == "abc"
+    assert alone.recorded_run("http://elsewhere") is None  # another store: not this run
+    assert alone.wait_for_run("sqlite:///x.db", lambda run: run == "abc", 5) == "abc"
     with pytest.raises(TimeoutError, match="start the chief"):  # recorded but ended: a stale record
-        wait_for_search_run(tmp_path, "sqlite:///x.db", lambda run: False, 0.3, poll_s=0.1)
+        alone.wait_for_run("sqlite:///x.db", lambda run: False, 0.3, poll_s=0.1)
     with pytest.raises(TimeoutError):  # running, but an earlier launch's chief: not this session's
-        wait_for_search_run(tmp_path, "sqlite:///x.db", lambda run: True, 0.3, session="s2", poll_s=0.1)
-    assert wait_for_search_run(tmp_path, "sqlite:///x.db", lambda run: True, 5, session="s1") == "abc"
+        SearchFolder(tmp_path, session="s2").wait_for_run("sqlite:///x.db", lambda run: True, 0.3, poll_s=0.1)
+    assert SearchFolder(tmp_path, session="s1").wait_for_run("sqlite:///x.db", lambda run: True, 5) == "abc"
 
 
 def test_one_process_at_a_time_leads_a_search(tmp_path):
-    folder = tmp_path / "tuner"
-    with search_lock(folder):
-        code = ("import sys; from pathlib import Path; from histo_exp.tuning.folder import search_lock\n"
-                "with search_lock(Path(sys.argv[1])): pass")
-        other = subprocess.run([sys.executable, "-c", code, str(folder)], capture_output=True, text=True)
+    folder = SearchFolder(tmp_path / "tuner")
+    with folder.led():
+        code = ("import sys; from pathlib import Path; from histo_exp.tuning.search_folder import SearchFolder\n"
+                "with SearchFolder(Path(sys.argv[1])).led(): pass")
+        other = subprocess.run([sys.executable, "-c", code, str(folder.path)], capture_output=True, text=True)
         assert other.returncode != 0 and "another process is running the search" in other.stderr
-    with search_lock(folder):  # free again once the holder is done
+    with folder.led():  # free again once the holder is done
         pass
 
 

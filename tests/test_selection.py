@@ -15,7 +15,7 @@ import pytest
 from helpers import TINY, cli_env, runs, split_parts
 from histo_exp.data.split import Split, max_folds, patient_folds
 from histo_exp.model.saving import load_model, read_meta
-from histo_exp.tuning.keep import refit_rows
+from histo_exp.tuning.final_model import refit_rows
 
 
 def cohort() -> tuple[np.ndarray, np.ndarray]:
@@ -105,24 +105,23 @@ def test_a_run_without_test_patients_reports_validation_only(run_cli, tmp_path):
 
 def test_hyperband_refuses_patient_folds(compose_cfg):
     """Hyperband resumes trials from earlier trials' weights: across folds that would leak patients."""
-    from hydra.errors import InstantiationException
+    from histo_exp.errors import UsageError
+    from histo_exp.settings import load
 
-    from histo_exp.tuning.tuners import tuner_from_config
-
-    cfg = compose_cfg("tuner=hyperband", "debug=fast")
-    with pytest.raises(InstantiationException, match="tuner=hyperband .* tuner.cv_folds"):
-        tuner_from_config(cfg.tuner, None, None, folds=[("train", "val"), ("train", "val")])
+    with pytest.raises(UsageError, match="tuner=hyperband .* tuner.cv_folds"):
+        load(compose_cfg("tuner=hyperband", "debug=fast", "tuner.cv_folds=2"))
 
 
 def test_cv_folds_auto_cross_validates_few_patients_only(compose_cfg, tiny_root, tmp_path):
     from histo_exp.data.dataset import load
-    from histo_exp.runner import cv_folds
+    from histo_exp.build import cv_folds
+    from histo_exp.settings import load as load_settings
 
     cfg = compose_cfg("data=idc", f"data.root={tiny_root}", "tuner.cv_folds=auto", "tuner.cv_auto_folds=2")
     data = load(cfg.data, progress=False)
-    folds = cv_folds(cfg, data)
+    folds = cv_folds(load_settings(cfg), data)
     assert len(folds) == 2  # 4 non-test patients: few
     non_test = set(data.patients[data.split.train]) | set(data.patients[data.split.val])
     assert set().union(*(set(data.patients[val.indices]) for _, val in folds)) == non_test
     cfg.tuner.cv_auto_max_patients = 3
-    assert cv_folds(cfg, data) == []  # more patients than that: the one validation split
+    assert cv_folds(load_settings(cfg), data) == []  # more patients than that: the one validation split

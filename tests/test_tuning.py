@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from histo_exp import runner
+from histo_exp import build, runner
 from histo_exp.model.hypermodel import SpaceHyperModel
 from histo_exp.tuning.failures import fail_if_non_finite, failure_reason, non_finite, trial_error
 
@@ -66,7 +66,7 @@ def test_failed_trial_is_recorded_and_the_search_goes_on(compose_cfg, tmp_path, 
     best = max(r.data.metrics["val_auc"] for r in trials.values() if r.info.status == "FINISHED")
     assert search[0].data.metrics["best_val_auc"] == pytest.approx(best)
 
-    from histo_exp.trials import from_tuner_dir, trials_csv
+    from histo_exp.tuning.trials import from_tuner_dir, trials_csv
 
     rows = from_tuner_dir(tmp_path / "out" / "tuner")
     assert sorted(r["status"] for r in rows) == ["COMPLETED", "COMPLETED", "FAILED"]
@@ -143,7 +143,7 @@ def test_nan_trials_fail_and_the_search_keeps_the_others(compose_cfg, caplog):
                     r"\[learning_rate=1e\+06\]$", failed_line)
     stopped = "the search stopped early at tuner.max_consecutive_failed_trials=1"
     assert any(stopped in r.getMessage() for r in caplog.records)
-    from histo_exp.trials import from_tuner_dir
+    from histo_exp.tuning.trials import from_tuner_dir
 
     statuses = {r["learning_rate"]: r["status"] for r in from_tuner_dir(f"{cfg.paths.output_dir}/tuner")}
     assert statuses == {0.01: "COMPLETED", 1e6: "FAILED"}
@@ -169,18 +169,15 @@ def test_a_search_whose_every_trial_went_nan_ends_with_one_line_that_says_what_t
     assert [len(client.get_metric_history(t.info.run_id, "loss")) for t in trials] == [1, 1]
 
 
-def test_auto_class_weights_balance_the_training_split(tiny_root, tmp_path):
+def test_auto_class_weights_balance_the_training_split(compose_cfg, tiny_root):
     from histo_exp.data.dataset import load
 
-    data = load({"root": str(tiny_root), "image_size": 32, "color": "rgb", "val_fraction": 0.2,
-                 "test_fraction": 0.2, "seed": 0, "cache_dir": str(tmp_path)}, progress=False)
-    weights = runner.class_weight(data, "auto")
+    data = load(compose_cfg("data=idc", f"data.root={tiny_root}", "data.image_size=32").data, progress=False)
+    weights = build.class_weight(data, "auto")
     counts = np.bincount(data.labels[data.split.train], minlength=2)
     assert weights[0] * counts[0] == pytest.approx(weights[1] * counts[1])
     assert (weights[0] * counts[0] + weights[1] * counts[1]) == pytest.approx(counts.sum())
-    assert runner.class_weight(data, "none") is None
-    with pytest.raises(ValueError, match="auto or none"):
-        runner.class_weight(data, "balanced")
+    assert build.class_weight(data, "none") is None
 
 
 @pytest.mark.slow

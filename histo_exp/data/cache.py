@@ -22,7 +22,7 @@ from histo_exp.data.publish import build_folder
 
 log = logging.getLogger(__name__)
 
-IMAGES, KEEP, SKIPPED, KEY, MANIFEST = "images.npy", "keep.npy", "skipped.tsv", "key.json", "manifest.csv"
+IMAGES, USABLE, SKIPPED, KEY, MANIFEST = "images.npy", "keep.npy", "skipped.tsv", "key.json", "manifest.csv"
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,7 @@ class Cached:
 
     folder: Path
     images: np.ndarray  # np.memmap, read-only
-    keep: np.ndarray
+    usable: np.ndarray
     skipped: dict[str, str]
     built: bool  # False when an existing cache was reused
     padded: int = 0
@@ -67,7 +67,7 @@ def _open(folder: Path, built: bool) -> Cached:
         path, _, why = line.partition("\t")
         skipped[path] = why
     stats = json.loads((folder / KEY).read_text())
-    return Cached(folder, np.load(folder / IMAGES, mmap_mode="r"), np.load(folder / KEEP), skipped,
+    return Cached(folder, np.load(folder / IMAGES, mmap_mode="r"), np.load(folder / USABLE), skipped,
                   built, padded=stats["padded"], resized=stats["resized"])
 
 
@@ -97,7 +97,7 @@ def _build(tmp: Path, manifest: Manifest, key: CacheKey, workers: int | None, pr
         decoded = decode(manifest, key.image_size, key.color, key.small_patches, workers, progress, write=write)
     finally:
         os.close(fd)  # no fsync: it would wait seconds for the disk; the page cache serves every reader
-    np.save(tmp / KEEP, decoded.keep)
+    np.save(tmp / USABLE, decoded.usable)
     (tmp / SKIPPED).write_text("".join(f"{p}\t{why}\n" for p, why in sorted(decoded.skipped.items())))
     _write_manifest(tmp / MANIFEST, manifest)
     # Written last: its presence marks a complete cache.

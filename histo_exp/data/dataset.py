@@ -11,8 +11,11 @@ from pathlib import Path
 import numpy as np
 
 from histo_exp.data.cache import Cached, ingest
-from histo_exp.data.index import DatasetError, Manifest, index, keep_listing
+from histo_exp.data.index import DatasetError, Manifest, index, save_listing
 from histo_exp.data.split import Split, check_splittable, split_once
+from histo_exp.settings import Data
+from histo_exp.settings.fields import build
+from histo_exp.space import to_plain
 
 log = logging.getLogger(__name__)
 
@@ -100,19 +103,19 @@ class PatchData:
         return "\n".join(lines)
 
 
-def data_root(cfg: Mapping) -> Path:
+def data_root(cfg: Data) -> Path:
     """The dataset folder; for ``data=synthetic`` the generated set, made on first use."""
-    if cfg.get("synthetic"):
+    if cfg.synthetic:
         from histo_exp.data.synthetic import SyntheticSpec, generate  # OpenCV: not on a cached run's path
 
-        spec = SyntheticSpec(**cfg["synthetic"], seed=cfg["seed"])
-        return generate(Path(cfg["root"]), spec, workers=cfg.get("workers") or os.cpu_count() or 1)
-    if not cfg.get("root"):
+        spec = SyntheticSpec(**vars(cfg.synthetic), seed=cfg.seed)
+        return generate(Path(cfg.root), spec, workers=cfg.workers or os.cpu_count() or 1)
+    if not cfg.root:
         raise DatasetError(
             "data.root is not set: pass data.root=/path/to/IDC_regular_ps50_idx5 "
             "(the folder holding <patient_id>/<0|1>/*.png)"
         )
-    return Path(cfg["root"])
+    return Path(cfg.root)
 
 
 def check_bad_fraction(cached: Cached, total: int, limit: float) -> None:
@@ -126,30 +129,32 @@ def check_bad_fraction(cached: Cached, total: int, limit: float) -> None:
         )
 
 
-def load(cfg: Mapping, progress: bool = True) -> PatchData:
-    """Index, ingest (or reuse the cache) and split the dataset the data config describes."""
-    listings = Path(cfg["cache_dir"]).expanduser() / "listings"  # a re-run lists no folder that did not change
+def load(cfg: Data | Mapping, progress: bool = True) -> PatchData:
+    """Index, ingest (or reuse the cache) and split the dataset the data settings describe."""
+    if isinstance(cfg, Mapping):  # a composed ``data`` group: checked as the runner checks it
+        cfg = build(Data, to_plain(cfg), "data")
+    listings = Path(cfg.cache_dir).expanduser() / "listings"  # a re-run lists no folder that did not change
     manifest: Manifest = index(data_root(cfg), progress=progress, memo=listings)
     log.info("indexed %d patches under %s", len(manifest), manifest.root)
     # The split's checks (both classes, enough patients, the fractions) on the file names, before
     # any decoding: a dataset that cannot be split leaves no cache behind.
-    check_splittable(manifest.labels, manifest.patients, float(cfg["val_fraction"]), float(cfg["test_fraction"]))
-    keep_listing(listings, manifest)
+    check_splittable(manifest.labels, manifest.patients, cfg.val_fraction, cfg.test_fraction)
+    save_listing(listings, manifest)
     cached = ingest(
         manifest,
-        cache_dir=cfg["cache_dir"],
-        image_size=int(cfg["image_size"]),
+        cache_dir=cfg.cache_dir,
+        image_size=cfg.image_size,
         color="rgb",  # data.color=gray is a layer of the model, after the colour augmentation
-        small_patches=str(cfg.get("small_patches", "pad")),
-        workers=cfg.get("workers"),
+        small_patches=cfg.small_patches,
+        workers=cfg.workers,
         progress=progress,
     )
-    check_bad_fraction(cached, len(manifest), float(cfg.get("max_bad_fraction", 0.0)))
-    kept = np.flatnonzero(cached.keep)
-    if kept.size == 0:
+    check_bad_fraction(cached, len(manifest), cfg.max_bad_fraction)
+    rows = np.flatnonzero(cached.usable)
+    if rows.size == 0:
         raise DatasetError(f"none of the {len(manifest)} patches under {manifest.root} could be read")
-    split = split_once(cached.folder, kept, manifest.labels, manifest.patients, float(cfg["val_fraction"]),
-                       float(cfg["test_fraction"]), int(cfg["seed"]))
+    split = split_once(cached.folder, rows, manifest.labels, manifest.patients, cfg.val_fraction,
+                       cfg.test_fraction, cfg.seed)
     return PatchData(
         images=cached.images, labels=manifest.labels, patients=manifest.patients,
         x=manifest.x, y=manifest.y, split=split,

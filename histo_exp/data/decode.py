@@ -14,6 +14,7 @@ import numpy as np
 from tqdm import tqdm
 
 from histo_exp.data.index import Manifest
+from histo_exp.errors import UsageError
 
 SMALL_PATCH_POLICIES = ("pad", "resize", "drop")
 SLICE = 1024  # patches per task: progress moves often, and a thread never waits long for another
@@ -26,7 +27,7 @@ class Decoded:
 
     images: np.ndarray | None  # (n, size, size, channels) uint8, one row per entry; zeros where skipped
     # (None when the rows were handed to a writer)
-    keep: np.ndarray  # bool per manifest entry
+    usable: np.ndarray  # bool per manifest entry: decoded, not skipped
     skipped: dict[str, str]  # relative path -> reason
     padded: int = 0
     resized: int = 0
@@ -74,19 +75,19 @@ def decode(
 ) -> Decoded:
     """Decode every manifest entry; unreadable files and dropped patches are skipped, not fatal.
 
-    Rows stay aligned with the manifest (a skipped row is zeros, ``keep`` false). With ``write``,
+    Rows stay aligned with the manifest (a skipped row is zeros, ``usable`` false). With ``write``,
     each thread hands its slice to ``write(first_row, rows)`` (the cache writes it to its file,
     in parallel and outside the GIL) and ``Decoded.images`` is None; else the rows are gathered
     into a new array. ``workers`` defaults to the number of cores (more only contend for them).
     """
     if color not in COLORS:
-        raise ValueError(f"data.color must be one of {sorted(COLORS)}; got {color!r}")
+        raise UsageError(f"data.color must be one of {sorted(COLORS)}; got {color!r}")
     if small_patches not in SMALL_PATCH_POLICIES:
-        raise ValueError(f"data.small_patches must be one of {SMALL_PATCH_POLICIES}; got {small_patches!r}")
+        raise UsageError(f"data.small_patches must be one of {SMALL_PATCH_POLICIES}; got {small_patches!r}")
     n = len(manifest)
     row_shape = (image_size, image_size, COLORS[color])
     images = np.zeros((n, *row_shape), dtype=np.uint8) if write is None else None
-    keep = np.zeros(n, dtype=bool)
+    usable = np.zeros(n, dtype=bool)
     skipped: dict[str, str] = {}
     root = str(manifest.root) + os.sep
     paths = manifest.paths
@@ -114,7 +115,7 @@ def decode(
                 continue
             fitted[done] += 1
             rows[j] = patch
-        keep[lo:hi] = [paths[i] not in skipped for i in range(lo, hi)]
+        usable[lo:hi] = [paths[i] not in skipped for i in range(lo, hi)]
         if write is not None:
             write(lo, rows)
         return fitted
@@ -129,4 +130,4 @@ def decode(
         for lo, hi, counts in zip(bounds[:-1], bounds[1:], pool.map(work, bounds[:-1], bounds[1:])):
             fitted += counts
             bar.update(hi - lo)
-    return Decoded(images, keep, skipped, padded=fitted["padded"], resized=fitted["resized"])
+    return Decoded(images, usable, skipped, padded=fitted["padded"], resized=fitted["resized"])

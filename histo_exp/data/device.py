@@ -7,6 +7,7 @@ import logging
 from typing import Any
 
 import numpy as np
+from histo_exp.errors import UsageError
 
 log = logging.getLogger(__name__)
 
@@ -20,14 +21,14 @@ def on_device(images: np.ndarray, mode: str | bool) -> Any:
     either the same way."""
     mode = str(mode).lower()
     if mode not in ("auto", "true", "false"):
-        raise ValueError(f"trainer.data_on_device must be auto, true or false; got {mode!r}")
+        raise UsageError(f"trainer.data_on_device must be auto, true or false; got {mode!r}")
     if mode == "false":
         return images
     import keras
 
     if keras.backend.backend() != "jax":
         if mode == "true":
-            raise ValueError(f"trainer.data_on_device=true needs the jax backend (KERAS_BACKEND=jax); this run "
+            raise UsageError(f"trainer.data_on_device=true needs the jax backend (KERAS_BACKEND=jax); this run "
                              f"is on {keras.backend.backend()}. Use auto or false here.")
         return images
     import jax

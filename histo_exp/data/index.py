@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from histo_exp.errors import UsageError
 
 LAYOUT = "<root>/<patient_id>/<0|1>/<patient_id>_idx5_x<X>_y<Y>_class<0|1>.png"
 KAGGLE_TOP = "IDC_regular_ps50_idx5"
@@ -19,7 +20,7 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 NAME = re.compile(r"^(([^_/\n]+)_idx5_x(\d+)_y(\d+)_class([01])\.[^\n]*)$", re.I | re.M)
 
 
-class DatasetError(ValueError):
+class DatasetError(UsageError):
     """The data folder does not hold a usable IDC-layout dataset."""
 
 
@@ -46,9 +47,9 @@ class Manifest:
         text = "\n".join(self.paths) + "\0" + repr(sorted(self.stamps.items()))
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
-    def subset(self, keep: np.ndarray) -> "Manifest":
-        """The entries selected by ``keep`` (a boolean mask or indices)."""
-        idx = np.asarray(keep)
+    def subset(self, rows: np.ndarray) -> "Manifest":
+        """The entries selected by ``rows`` (a boolean mask or indices)."""
+        idx = np.asarray(rows)
         idx = np.flatnonzero(idx) if idx.dtype == bool else idx
         return Manifest(
             self.root, [self.paths[i] for i in idx], self.patients[idx], self.x[idx],
@@ -104,7 +105,7 @@ def folder_stamps(base: Path) -> dict[str, int]:
 def index(root: str | os.PathLike, progress: bool = False, memo: Path | None = None) -> Manifest:
     """Scan ``root`` and return the manifest; label folders must agree with file names.
 
-    With ``memo`` (a folder), a listing ``keep_listing`` kept there is reused while no label folder
+    With ``memo`` (a folder), a listing ``save_listing`` saved there is reused while no label folder
     changed (a file added, removed or renamed changes its folder's time): a re-run lists nothing.
     """
     base = resolve_root(root)
@@ -113,7 +114,7 @@ def index(root: str | os.PathLike, progress: bool = False, memo: Path | None = N
     if kept is not None and kept.exists():
         try:
             return _load_listing(kept, base)
-        except (OSError, ValueError, KeyError):  # unreadable: list again, and keep_listing replaces it
+        except (OSError, ValueError, KeyError):  # unreadable: list again, and save_listing replaces it
             kept.unlink(missing_ok=True)
     from tqdm import tqdm  # not on the path of a run that lists nothing
 
@@ -156,8 +157,8 @@ def _listing_key(base: Path, stamps: dict[str, int]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:20]
 
 
-def keep_listing(memo: Path, manifest: Manifest) -> None:
-    """Keep ``manifest`` in ``memo`` for ``index`` to reuse; written whole or not at all."""
+def save_listing(memo: Path, manifest: Manifest) -> None:
+    """Save ``manifest`` in ``memo`` for ``index`` to reuse; written whole or not at all."""
     path = memo / f"{_listing_key(manifest.root, manifest.stamps)}.npz"
     if path.exists():
         return

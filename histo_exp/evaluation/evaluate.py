@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from histo_exp.evaluation.metrics import (
     metrics_table,
 )
 from histo_exp.evaluation.plots import plot_confusion, plot_pr, plot_roc
+from histo_exp.settings import Eval
 
 log = logging.getLogger(__name__)
 
@@ -43,23 +43,23 @@ def predict(model: keras.Model, batches: PatchBatches, patients: np.ndarray | No
                   None if patients is None else patients[batches.indices])
 
 
-def evaluate(model: keras.Model | None, val: Scores, data: PatchData, cfg: Mapping, batch_size: int, out: Path,
+def evaluate(model: keras.Model | None, val: Scores, data: PatchData, cfg: Eval, out: Path,
              seed: int) -> Evaluation:
     """Pick the threshold on the validation scores, score the test patients with ``model``, draw the figures.
 
     ``val`` are the validation (or out-of-fold) predictions of the search; ``model`` is None when
     there are no test patients to score (``data.test_fraction=0``), leaving validation metrics only.
     """
-    method = cfg.get("threshold", "youden")
+    method = cfg.threshold
     threshold = choose_threshold(val.y_true, val.y_prob, method)
     val_m = binary_metrics(val.y_true, val.y_prob, threshold)
     metrics = {f"val_{k}": v for k, v in val_m.items()} | {"threshold": threshold}
     if model is None:
         table = metrics_table(val_m, None, {}, threshold, method, 0)
         return Evaluation(threshold, metrics, table)
-    test = predict(model, split_batches(data, "test", batch_size), data.patients)
+    test = predict(model, split_batches(data, "test", cfg.batch_size), data.patients)
     test_m = binary_metrics(test.y_true, test.y_prob, threshold)
-    ci = bootstrap_by_patient(test, threshold, int(cfg.get("bootstrap", 1000)), seed)
+    ci = bootstrap_by_patient(test, threshold, cfg.bootstrap, seed)
     metrics |= {f"test_{k}": v for k, v in test_m.items()}
     for name, (lo, hi) in ci.items():
         metrics[f"test_{name}_ci_low"], metrics[f"test_{name}_ci_high"] = lo, hi
@@ -68,5 +68,5 @@ def evaluate(model: keras.Model | None, val: Scores, data: PatchData, cfg: Mappi
     table = metrics_table(val_m, test_m, ci, threshold, method, np.unique(test.patients).size)
     rows = data.split.test
     maps = patient_maps(test.patients, data.x[rows], data.y[rows], test.y_true, test.y_prob, threshold,
-                        out / "maps", images=data.images, rows=rows, limit=int(cfg.get("max_maps", 20)))
+                        out / "maps", images=data.images, rows=rows, limit=cfg.max_maps)
     return Evaluation(threshold, metrics, table, plots, maps)

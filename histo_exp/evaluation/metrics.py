@@ -15,6 +15,7 @@ from sklearn.metrics import (
     roc_auc_score,
     roc_curve,
 )
+from histo_exp.errors import UsageError
 
 METRICS = ("auc", "pr_auc", "f1", "balanced_accuracy", "sensitivity", "specificity", "accuracy")
 
@@ -44,7 +45,7 @@ def choose_threshold(y_true: np.ndarray, y_prob: np.ndarray, method: str | float
         precision, recall, thresholds = precision_recall_curve(y_true, y_prob)
         f1 = 2 * precision * recall / np.maximum(precision + recall, 1e-12)
         return float(thresholds[int(np.argmax(f1[:-1]))])
-    raise ValueError(f"eval.threshold must be youden, f1 or a number in [0, 1]; got {method!r}")
+    raise UsageError(f"eval.threshold must be youden, f1 or a number in [0, 1]; got {method!r}")
 
 
 def binary_metrics(y_true: np.ndarray, y_prob: np.ndarray, threshold: float) -> dict[str, float]:

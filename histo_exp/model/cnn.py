@@ -6,6 +6,7 @@ import math
 from collections.abc import Sequence
 
 import keras
+from histo_exp.errors import UsageError
 
 
 @keras.saving.register_keras_serializable(package="histo_exp")
@@ -80,17 +81,17 @@ def build_cnn(
     """
     side = min(input_shape[0], input_shape[1])
     if not 1 <= blocks <= max_blocks(side):
-        raise ValueError(
+        raise UsageError(
             f"model.blocks={blocks} does not fit {side}px images: each block halves the "
             f"side, so use 1..{max_blocks(side)} blocks or a larger data.image_size"
         )
     if head not in HEADS:
-        raise ValueError(f"model.head must be one of {', '.join(HEADS)}; got {head!r}")
+        raise UsageError(f"model.head must be one of {', '.join(HEADS)}; got {head!r}")
     if isinstance(convs_per_block, bool) or int(convs_per_block) != convs_per_block or convs_per_block < 1:
-        raise ValueError(f"model.convs_per_block must be an integer >= 1; got {convs_per_block!r}")
+        raise UsageError(f"model.convs_per_block must be an integer >= 1; got {convs_per_block!r}")
     # KerasTuner's hp.Choice stores booleans as the ints 0 and 1 (bool is an int subclass).
     if batch_norm not in (False, True):
-        raise ValueError(f"model.batch_norm must be true or false; got {batch_norm!r}")
+        raise UsageError(f"model.batch_norm must be true or false; got {batch_norm!r}")
     layers: list[keras.layers.Layer] = [
         keras.Input(shape=tuple(input_shape)),
         keras.layers.Rescaling(1.0 / 255, dtype=dtype),

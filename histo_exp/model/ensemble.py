@@ -10,11 +10,12 @@ from collections.abc import Sequence
 import keras
 
 from histo_exp.model.augment import Dihedral
+from histo_exp.errors import UsageError
 
 
 def _input_like(model: keras.Model, name: str) -> keras.KerasTensor:
     if len(model.inputs) != 1:
-        raise ValueError(f"{model.name} takes {len(model.inputs)} inputs; only single-input models average")
+        raise UsageError(f"{model.name} takes {len(model.inputs)} inputs; only single-input models average")
     return keras.Input(shape=tuple(model.inputs[0].shape[1:]), dtype=model.inputs[0].dtype, name=name)
 
 
@@ -40,7 +41,7 @@ def average_models(models: Sequence[keras.Model], name: str = "ensemble") -> ker
         raise ValueError("average_models needs at least one model")
     shapes = {tuple(m.inputs[0].shape[1:]) for m in models}
     if len(shapes) != 1:
-        raise ValueError(f"ensemble members take different input shapes: {sorted(shapes)}")
+        raise UsageError(f"ensemble members take different input shapes: {sorted(shapes)}")
     inputs = _input_like(models[0], "images")
     outputs = []
     for i, member in enumerate(models):

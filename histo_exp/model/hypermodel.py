@@ -20,6 +20,7 @@ from sklearn.utils.class_weight import compute_class_weight
 from histo_exp.model.augment import input_layers
 from histo_exp.model.cnn import IdcAUC, max_blocks
 from histo_exp.space import sample, to_plain
+from histo_exp.errors import UsageError
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +38,7 @@ def bound_blocks(model_cfg: Mapping, image_size: int) -> dict:
     blocks = model.get("blocks")
     if isinstance(blocks, Mapping) and "max" in blocks and blocks["max"] > limit:
         if blocks["min"] > limit:
-            raise ValueError(
+            raise UsageError(
                 f"model.blocks min={blocks['min']} does not fit {image_size}px images "
                 f"(at most {limit} blocks)"
             )
@@ -47,7 +48,7 @@ def bound_blocks(model_cfg: Mapping, image_size: int) -> dict:
     elif isinstance(blocks, Mapping) and "choice" in blocks:
         fitting = [b for b in blocks["choice"] if b <= limit]
         if not fitting:
-            raise ValueError(f"no model.blocks choice fits {image_size}px images (max {limit})")
+            raise UsageError(f"no model.blocks choice fits {image_size}px images (max {limit})")
         model["blocks"] = {**blocks, "choice": fitting}
     return model
 
@@ -58,7 +59,7 @@ def lr_factor(scaling: str, batch_size: int, base_batch: int) -> float:
     ratio = batch_size / base_batch
     factors = {"none": 1.0, "linear": ratio, "sqrt": ratio ** 0.5}
     if scaling not in factors:
-        raise ValueError(f"trainer.lr_scaling must be one of {', '.join(factors)}; got {scaling!r}")
+        raise UsageError(f"trainer.lr_scaling must be one of {', '.join(factors)}; got {scaling!r}")
     return factors[scaling]
 
 

@@ -1,4 +1,4 @@
-"""After the search: which model is kept (refit, ensemble, test-time augmentation) and its validation scores.
+"""After the search: the final model (refit, ensemble, test-time augmentation) and its validation scores.
 
 Every choice here is made from validation predictions only: the search's out-of-fold predictions
 with ``tuner.cv_folds`` > 1, else the validation patients'. The test patients are never looked at.
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import keras
@@ -21,16 +21,16 @@ from histo_exp.evaluation.evaluate import predict
 from histo_exp.evaluation.metrics import Scores
 from histo_exp.model.ensemble import average_models, with_tta
 from histo_exp.model.hypermodel import balanced_weights
+from histo_exp.settings import Eval, Trainer
 from histo_exp.tuning.failures import is_scored, search_failed
-from histo_exp.tuning.tuners import fold_checkpoint, format_hparams, read_fold_results
+from histo_exp.tuning.fold_files import fold_checkpoint, read_fold_results
+from histo_exp.tuning.trials import format_hparams
 
 log = logging.getLogger(__name__)
 
-REFIT = ("none", "trainval", "all")
-
 
 @dataclass
-class Kept:
+class FinalModel:
     """The model to save, the validation scores its threshold comes from, and the model the test scores."""
 
     model: keras.Model
@@ -89,18 +89,18 @@ def refit_epochs(tuner: kt.Tuner, trial: kt.engine.trial.Trial, fallback: int) -
 
 
 def refit_model(tuner: kt.Tuner, trial: kt.engine.trial.Trial, data: PatchData, rows: np.ndarray,
-                trainer: Mapping, seed: int) -> keras.Model:
+                trainer: Trainer, seed: int) -> keras.Model:
     """Train the trial's hyperparameters afresh on ``rows`` for the epochs the search found best."""
     hypermodel = tuner.hypermodel
-    epochs = refit_epochs(tuner, trial, int(trainer["epochs"]))
+    epochs = refit_epochs(tuner, trial, trainer.epochs)
     patients = np.unique(data.patients[rows]).size
     log.info("refit trial %s on %d patches of %d patients for %d epochs  [%s]", trial.trial_id, rows.size,
              patients, epochs, format_hparams(trial.hyperparameters.values))
     weights = balanced_weights(data.labels[rows]) if hypermodel.class_weight else None  # for these patients
     model = hypermodel.build(trial.hyperparameters)
-    model.fit(PatchBatches(data.images, data.labels, rows, int(trainer["batch_size"]), shuffle=True, seed=seed,
-                           workers=int(trainer.get("loader_workers", 1))),
-              epochs=epochs, class_weight=weights, verbose=int(trainer.get("verbose", 1)),
+    model.fit(PatchBatches(data.images, data.labels, rows, trainer.batch_size, shuffle=True, seed=seed,
+                           workers=trainer.loader_workers),
+              epochs=epochs, class_weight=weights, verbose=trainer.verbose,
               steps_per_epoch=hypermodel.steps_per_epoch)
     return model
 
@@ -111,15 +111,14 @@ def one_model(models: Sequence[keras.Model], tta: bool) -> keras.Model:
     return with_tta(model) if tta else model
 
 
-def keep(tuner: kt.Tuner, data: PatchData, folds: Sequence[np.ndarray], cfg_eval: Mapping,
-         trainer: Mapping, refit: str, seed: int) -> Kept:
-    """Choose and build the model the run keeps, from validation predictions only."""
-    if refit not in REFIT:
-        raise ValueError(f"trainer.refit must be one of {', '.join(REFIT)}; got {refit!r}")
-    batch_size = int(cfg_eval.get("batch_size", trainer["batch_size"]))  # inference only: larger than training's
-    trials = best_trials(tuner, int(cfg_eval.get("ensemble", 1)))
+def final_model(tuner: kt.Tuner, data: PatchData, folds: Sequence[np.ndarray], evaluation: Eval,
+                trainer: Trainer, seed: int) -> FinalModel:
+    """Choose and build the model the run ends with, from validation predictions only."""
+    refit = trainer.refit
+    batch_size = evaluation.batch_size  # inference only: larger than training's
+    trials = best_trials(tuner, evaluation.ensemble)
     members = [search_models(tuner, t, folds, data.split.val) for t in trials]
-    tta = cfg_eval.get("tta", False)
+    tta = evaluation.tta
     val = out_of_fold(data, members, batch_size, tta=bool(tta) and tta != "auto")
     if tta == "auto":
         with_aug = out_of_fold(data, members, batch_size, tta=True)
@@ -134,14 +133,14 @@ def keep(tuner: kt.Tuner, data: PatchData, folds: Sequence[np.ndarray], cfg_eval
     has_test = data.split.test.size > 0
     if refit == "none":
         models = f"its {len(folds)} patient-fold models averaged" if folds else "its model"
-        return Kept(searched, val, searched if has_test else None, trials, bool(tta),
-                    f"kept: {which}, {models}{augmented}; test metrics: that model")
+        return FinalModel(searched, val, searched if has_test else None, trials, bool(tta),
+                          f"kept: {which}, {models}{augmented}; test metrics: that model")
     rows = refit_rows(data, refit)
     refit_models = [refit_model(tuner, t, data, rows, trainer, seed) for t in trials]
-    kept = one_model(refit_models, bool(tta))
+    refit_final = one_model(refit_models, bool(tta))
     if refit == "trainval":
-        return Kept(kept, val, kept if has_test else None, trials, bool(tta),
-                    f"kept: {which}, refit on every non-test patient{augmented}; test metrics: that model")
-    return Kept(kept, val, searched if has_test else None, trials, bool(tta),
-                f"kept: {which}, refit on every patient, test ones included{augmented}; test metrics: the "
-                "search's models before that refit (the kept model has seen the test patients)")
+        return FinalModel(refit_final, val, refit_final if has_test else None, trials, bool(tta),
+                          f"kept: {which}, refit on every non-test patient{augmented}; test metrics: that model")
+    return FinalModel(refit_final, val, searched if has_test else None, trials, bool(tta),
+                      f"kept: {which}, refit on every patient, test ones included{augmented}; test metrics: the "
+                      "search's models before that refit (the kept model has seen the test patients)")
