@@ -28,8 +28,8 @@ run: $(STAMP) ## run the default experiment (synthetic data, Bayesian search, ML
 test: $(STAMP) browser ## run the whole test suite (what CI runs) [PYTEST_ARGS=...]
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-test-fast: $(STAMP) ## the tests that run no whole search (-m "not slow"), for the inner loop [PYTEST_ARGS=...]
-	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+test-fast: $(STAMP) ## the unit and cli tiers (no whole search, no server), for the inner loop [PYTEST_ARGS=...]
+	$(BIN)/python -m pytest tests/unit tests/cli $(PYTEST_ARGS)
 
 browser: ## install Debian's chromium for the MLflow UI browser test (if missing)
 	scripts/install-browser.sh

@@ -70,19 +70,21 @@ def write_csv(path: Path, manifest, prob: np.ndarray, usable: np.ndarray, skippe
 
 
 def predict_files(cfg: DictConfig) -> Path:
-    """Predict every image of ``cfg.input``; returns the CSV path."""
-    from histo_exp.data.batches import PatchBatches
-    from histo_exp.data.decode import decode
+    """Predict every image of ``cfg.input``; returns the CSV path. What was passed is checked before
+    Keras is imported (seconds), the model before any image is decoded."""
     from histo_exp.data.index import index_files
-    from histo_exp.evaluation.evaluate import predict
-    from histo_exp.evaluation.maps import patient_maps
-    from histo_exp.model.saving import load_model
 
     out = Path(cfg.output)
     maps = Path(cfg.maps_dir) if cfg.maps_dir else out.with_name(out.stem + "_maps")
     check_writable(out, "output")
     check_writable(maps, "maps_dir", folder=True)
     manifest = index_files(cfg.input)
+    from histo_exp.data.batches import PatchBatches
+    from histo_exp.data.decode import decode
+    from histo_exp.evaluation.evaluate import predict
+    from histo_exp.evaluation.maps import patient_maps
+    from histo_exp.model.saving import load_model
+
     with tempfile.TemporaryDirectory() as scratch:
         path = resolve_model(str(cfg.model), str(cfg.tracking_uri), Path(scratch))
         model, meta = load_model(path)

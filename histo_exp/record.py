@@ -17,7 +17,7 @@ from histo_exp.evaluation.evaluate import Evaluation
 from histo_exp.evaluation.plots import plot_trials
 from histo_exp.model.saving import save_model
 from histo_exp.settings import Settings
-from histo_exp.tracking import KEPT, Tracker, flatten, provenance
+from histo_exp.tracking import FINAL_MODEL, Tracker, flatten, provenance
 from histo_exp.tuning.failures import is_scored
 from histo_exp.tuning.final_model import FinalModel
 from histo_exp.tuning.search_folder import SearchFolder
@@ -48,7 +48,7 @@ def log_results(settings: Settings, data: PatchData, final: FinalModel, tuner: k
     trial = final.trials[0]
     metrics = {"best_val_auc": float(trial.score), **result.metrics}
     tracker.log_metrics(metrics)
-    tracker.set_tags({KEPT: final.description})
+    tracker.set_tags({FINAL_MODEL: final.description})
     save_final_model(settings, data, final, tuner, result, tracker, out)
     tracker.register(float(trial.score), data.fingerprint)
     for path in plots(result, tuner, trial, out):

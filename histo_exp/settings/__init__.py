@@ -11,12 +11,13 @@ OmegaConf checks types only, not ranges or choices. The YAML stays the one place
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from dataclasses import dataclass
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from histo_exp.errors import UsageError
+from histo_exp.errors import PathNotFound, UsageError
 from histo_exp.settings.fields import Bounds, Searchable, bounded, build
 from histo_exp.settings.schema import (LOGGERS, MODELS, OPTIMIZERS, TUNER_ONLY, Data, Distributed, Eval, Paths,
                                        Trainer, Tuner)
@@ -72,8 +73,15 @@ def check_group(node: Mapping[str, Any], where: str, key: str, schemas: Mapping[
 
 
 def check_together(settings: Settings) -> None:
-    """What no single value can say: fractions that leave nothing to train on, folds a tuner cannot use."""
+    """What no single value can say: a dataset without its folder, fractions that leave nothing to train
+    on, folds a tuner cannot use."""
     data, tuner = settings.data, settings.tuner
+    if data.synthetic is None and not data.root:
+        raise UsageError("data.root is not set: pass data.root=/path/to/IDC_regular_ps50_idx5 "
+                         "(the folder holding <patient_id>/<0|1>/*.png)")
+    if data.synthetic is None and not Path(data.root).expanduser().is_dir():
+        raise PathNotFound(f"data.root {data.root!r} does not exist or is not a folder: point it at the "
+                           "dataset's folder (README, 'The real dataset')")
     if data.val_fraction + data.test_fraction >= 1.0:
         raise UsageError(f"data.val_fraction + data.test_fraction must be below 1, to leave patients to train on; "
                          f"got {data.val_fraction} + {data.test_fraction}")

@@ -16,7 +16,7 @@ The only package that talks to MLflow:
 - ``provenance``: the version, Keras and git commit tags of a run.
 """
 
-from histo_exp.tracking.base import (CHAMPION, ERROR, KEPT, MODEL_NAME, NullTracker, Tracker, ending_runs,
+from histo_exp.tracking.base import (CHAMPION, ERROR, FINAL_MODEL, MODEL_NAME, NullTracker, Tracker, ending_runs,
                                      flatten)
 from histo_exp.tracking.connection import check_server
 from histo_exp.tracking.mlflow_tracker import MlflowTracker
@@ -24,5 +24,5 @@ from histo_exp.tracking.offline import sync
 from histo_exp.tracking.provenance import provenance
 from histo_exp.tracking.store import download_model, reader, trial_runs
 
-__all__ = ["CHAMPION", "ERROR", "KEPT", "MODEL_NAME", "MlflowTracker", "NullTracker", "Tracker", "check_server",
+__all__ = ["CHAMPION", "ERROR", "FINAL_MODEL", "MODEL_NAME", "MlflowTracker", "NullTracker", "Tracker", "check_server",
            "download_model", "ending_runs", "flatten", "provenance", "reader", "sync", "trial_runs"]

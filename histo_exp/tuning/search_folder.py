@@ -115,13 +115,16 @@ class SearchFolder:
         partial.write_text(json.dumps({"run_id": run_id, "tracking_uri": tracking_uri, "session": self.session}))
         partial.replace(self.path / RUN_FILE)
 
-    def recorded_run(self, tracking_uri: str) -> str | None:
-        """The search run recorded here for this tracking store (and launch session), if any."""
+    def recorded_run(self, tracking_uri: str, this_launch: bool = False) -> str | None:
+        """The search run recorded here for this tracking store, if any; with ``this_launch``, only one
+        recorded by this launch's chief (the same ``session``): what a worker may join."""
         try:
             record = json.loads((self.path / RUN_FILE).read_text())
         except (OSError, ValueError):
             return None
-        if record.get("tracking_uri") != tracking_uri or (self.session and record.get("session") != self.session):
+        if record.get("tracking_uri") != tracking_uri:
+            return None
+        if this_launch and self.session and record.get("session") != self.session:
             return None
         return record.get("run_id")
 
@@ -134,7 +137,7 @@ class SearchFolder:
         """
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            run_id = self.recorded_run(tracking_uri)
+            run_id = self.recorded_run(tracking_uri, this_launch=True)
             if run_id and is_running(run_id):
                 return run_id
             time.sleep(poll_s)

@@ -1,33 +1,24 @@
 """The MLflow tracker against a real SQLite store: datasets, pyfunc model, registry, system metrics."""
 
 from __future__ import annotations
-
-import contextlib
-import csv
 import errno
 import inspect
 import json
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
-import urllib.request
 from pathlib import Path
-
-import cv2
 import keras
 import numpy as np
 import pytest
 from mlflow.entities import LoggedModelStatus
-
-from helpers import free_port, predict
 from histo_exp.tracking import (CHAMPION, MODEL_NAME, MlflowTracker, NullTracker, Tracker, download_model,
                                 ending_runs, writes)
 
+
+
 SHAPE = (16, 16, 3)
-MLFLOW_CLI = Path(sys.executable).with_name("mlflow")
 
 
 @pytest.fixture(scope="module")
@@ -112,69 +103,6 @@ def test_log_dataset_is_a_run_input_once_per_run(store):
     assert json.loads(found.dataset.profile) == profile
     assert json.loads(found.dataset.source) == {"uri": "/data/IDC"}
     assert {(tag.key, tag.value) for tag in found.tags} == {("mlflow.data.context", "training")}
-
-
-SAME_DATASET = """
-import sys, time
-from pathlib import Path
-from histo_exp.tracking import MlflowTracker
-store, ready, go = map(Path, sys.argv[1:])
-t = MlflowTracker(f"sqlite:///{store}/mlflow.db", "histo_exp", system_metrics=False)
-t.start_search({}, "", run_name="search")
-ready.touch()
-while not go.exists():
-    time.sleep(0.01)
-t.log_dataset("synthetic", "cf03d0d2db725028", "/data", {"train_patches": 1})
-t.end_search("FINISHED")
-"""
-
-
-def test_parallel_searches_log_the_same_dataset_without_a_unique_constraint_error(tmp_path):
-    """A multirun's launcher starts searches on the same data at once: they race to add its row."""
-    tracker(tmp_path).start_search({}, "", run_name="create the store")
-    go = tmp_path / "go"
-    searches = [subprocess.Popen([sys.executable, "-c", SAME_DATASET, str(tmp_path), str(tmp_path / f"ready{i}"),
-                                  str(go)], stderr=subprocess.PIPE, text=True) for i in range(6)]
-    deadline = time.monotonic() + 120
-    while len(list(tmp_path.glob("ready*"))) < len(searches) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    go.touch()
-    errors = [search.communicate(timeout=120)[1] for search in searches]
-    assert [search.returncode for search in searches] == [0] * 6, "\n".join(errors)
-    client = tracker(tmp_path).client
-    runs = client.search_runs([client.get_experiment_by_name("histo_exp").experiment_id],
-                              "attributes.status = 'FINISHED'")
-    assert len(runs) == 6 and all(len(run.inputs.dataset_inputs) == 1 for run in runs)
-
-
-def _open_new_store(store: Path, go: Path) -> None:
-    """One process of the race below: wait for the start, then open the store and log a search."""
-    while not go.exists():
-        time.sleep(0.001)
-    t = tracker(store)
-    t.start_search({}, "", run_name="search")
-    t.end_search("FINISHED")
-
-
-def test_processes_that_open_a_new_store_at_once_all_get_it(tmp_path):
-    """Two runs started at once on a store that is not there yet: without the lock beside it, one of
-    them died in MLflow's migrations in 3 of 3 tries (alembic "Online migration expected to match one
-    row", "table ... already exists")."""
-    import multiprocessing
-
-    fork = multiprocessing.get_context("fork")  # histo_exp and MLflow are imported once, here
-    for attempt in range(4):
-        store, go = tmp_path / f"try{attempt}", tmp_path / f"go{attempt}"
-        procs = [fork.Process(target=_open_new_store, args=(store, go)) for _ in range(3)]
-        for p in procs:
-            p.start()
-        go.touch()
-        for p in procs:
-            p.join(120)
-        assert [p.exitcode for p in procs] == [0, 0, 0], f"attempt {attempt}"
-        client = tracker(store).client
-        assert [e.name for e in client.search_experiments()].count("histo_exp") == 1
-        assert len(client.search_runs([client.get_experiment_by_name("histo_exp").experiment_id])) == 3
 
 
 def test_log_model_is_a_logged_model_of_the_search_run(store, tmp_path, keras_file, patches, monkeypatch):
@@ -294,65 +222,6 @@ def test_a_ctrl_c_while_the_store_makes_a_trial_run_still_ends_that_run(store, m
         signal.signal(signal.SIGINT, previous)
     trials = t.client.search_runs([t.experiment_id], f"tags.`mlflow.parentRunId` = '{t.search_run_id}'")
     assert [r.info.status for r in trials] == ["KILLED"]
-
-
-def answers(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as reply:
-            return reply.status == 200
-    except OSError:
-        return False
-
-
-def stop(server: subprocess.Popen) -> None:
-    """End the server and the workers it started (its own process group)."""
-    for sig, wait in ((signal.SIGTERM, 20), (signal.SIGKILL, None)):
-        if server.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(server.pid, sig)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            server.wait(timeout=wait)
-
-
-@pytest.mark.slow
-@pytest.mark.timeout(240)
-def test_mlflow_models_serve_returns_idc_probabilities(store, tmp_path, keras_file, patches):
-    t, uri = search_with_model(store, keras_file)
-    t.end_search("FINISHED")
-    port = free_port()
-    # --env-manager local runs `uvicorn` from PATH: the venv's, as in an activated venv.
-    env = {**os.environ, "MLFLOW_TRACKING_URI": t.tracking_uri,
-           "PATH": f"{MLFLOW_CLI.parent}{os.pathsep}{os.environ.get('PATH', '')}"}
-    log = tmp_path / "serve.log"
-    with log.open("w") as out:
-        server = subprocess.Popen(
-            [str(MLFLOW_CLI), "models", "serve", "-m", uri, "--env-manager", "local",
-             "--host", "127.0.0.1", "--port", str(port)],
-            env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 120
-        while not answers(f"http://127.0.0.1:{port}/ping"):
-            assert server.poll() is None, f"mlflow models serve exited:\n{log.read_text()[-3000:]}"
-            assert time.monotonic() < deadline, "mlflow models serve did not answer /ping within 120 s"
-            time.sleep(0.5)
-        request = urllib.request.Request(
-            f"http://127.0.0.1:{port}/invocations", data=json.dumps({"inputs": patches.tolist()}).encode(),
-            headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(request, timeout=60) as reply:
-            predictions = np.asarray(json.load(reply)["predictions"])
-    finally:
-        stop(server)
-    assert predictions.shape == (len(patches),)
-    np.testing.assert_allclose(predictions, expected(keras_file, patches), atol=1e-5)
-    # The same patches as PNG files through `python -m histo_exp.predict`: the same answers.
-    folder = tmp_path / "tree" / "p1" / "1"
-    folder.mkdir(parents=True)
-    for i, patch in enumerate(patches):
-        cv2.imwrite(str(folder / f"p1_idx5_x{50 * i}_y0_class1.png"), cv2.cvtColor(patch, cv2.COLOR_RGB2BGR))
-    with predict([f"model={keras_file}", f"input={tmp_path / 'tree'}", f"output={tmp_path}/p.csv"]).open() as f:
-        table = sorted(csv.DictReader(f), key=lambda row: int(row["x"]))
-    np.testing.assert_allclose([float(row["prob_idc"]) for row in table], predictions, atol=2e-6)
 
 
 def test_a_full_artifact_store_keeps_the_model_back_and_sync_uploads_it(tmp_path, keras_file, patches, monkeypatch):

@@ -1,11 +1,9 @@
 """The same seed gives the same split and the same test AUC (CPU)."""
 
-import pytest
-
 from histo_exp import runner
 
 
-@pytest.mark.slow
+
 def test_same_seed_same_split_and_test_auc(compose_cfg, tmp_path):
     results = []
     for attempt in range(2):

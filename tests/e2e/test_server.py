@@ -7,12 +7,10 @@ import shutil
 import subprocess
 import sys
 import urllib.request
-
 import pytest
-
 from helpers import MlflowServer, cli_env
 
-pytestmark = pytest.mark.slow
+
 
 
 def api(base: str, path: str, body: dict | None = None) -> dict:
@@ -67,6 +65,8 @@ def test_a_search_logs_to_a_tracking_server(server, logged):
 
 
 CHROMIUM = os.environ.get("HISTO_EXP_CHROMIUM") or shutil.which("chromium")
+
+
 # Flags for a closed network: without the background ones Chromium keeps calling Google's hosts.
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-sync",
                  "--disable-component-update", "--no-first-run"]

@@ -2,14 +2,12 @@
 them: Hydra's override syntax, Hydra's errors, and a command that fails writes nothing."""
 
 from __future__ import annotations
-
 import subprocess
 import sys
 from pathlib import Path
-
 import pytest
-
 from helpers import cli_env, free_port
+
 
 
 def command(cwd: Path, module: str, *args: str) -> subprocess.CompletedProcess:
@@ -71,17 +69,33 @@ def test_predict_checks_its_output_before_any_inference(tmp_path, tiny_root, out
 
 
 @pytest.mark.parametrize("overrides, says", [
-    (["data=idc", "data.root=nowhere"], "nowhere"),
+    (["data=idc"], "data.root is not set"),
+    (["data=idc", "data.root=/no/such/folder"], "'/no/such/folder' does not exist"),
+    (["tuner.max_trials=0"], "tuner.max_trials must be at least 1 or null; got 0"),
+    (["eval.batch_size=0"], "eval.batch_size must be at least 1; got 0"),
+    (["trainer.refit=trainvall"], "trainer.refit must be one of 'none', 'trainval', 'all'; got 'trainvall' "
+                                  "(did you mean 'trainval'?)"),
     (["model.kernel_size={choice: []}"], "kernel_size: a choice is written"),  # a search-space spec
     (["model.blocks=9"], "model.blocks=9 does not fit 32px images"),  # the synthetic default's size
     (["optimizer.learning_rate={min: 0.1, max: 0.01}"], "min (0.1) is larger than max (0.01)"),
 ])
-def test_an_experiment_config_error_is_one_line_before_any_data_work(tmp_path, overrides, says):
-    done = subprocess.run([sys.executable, "-m", "histo_exp", *overrides, "logger=none"], cwd=tmp_path,
+def test_an_experiment_config_error_is_one_line_before_any_data_work_or_run(tmp_path, overrides, says):
+    """Exit 2 with the line alone; no data made or decoded, no MLflow store or run: Hydra's own run
+    folder (its config and log) is all there is."""
+    done = subprocess.run([sys.executable, "-m", "histo_exp", *overrides], cwd=tmp_path,
                           env=cli_env(tmp_path), capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and says in done.stderr, done.stderr[-2000:]
     assert "Traceback" not in done.stderr and "Error executing job" not in done.stderr
-    assert not (tmp_path / "synthetic").exists() and not (tmp_path / "ingest").exists()  # nothing made or decoded
+    assert [p.name for p in tmp_path.iterdir()] == ["outputs"]  # no mlruns/, no synthetic/ or ingest/
+    [run_dir] = tmp_path.glob("outputs/*/*")
+    assert sorted(p.name for p in run_dir.iterdir()) == [".hydra", "__main__.log"]
+
+
+def test_an_unknown_option_of_a_group_lists_the_options_and_makes_no_folder(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "histo_exp", "optimizer=adamw"], cwd=tmp_path,
+                          env=cli_env(tmp_path), capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0 and "Available options" in done.stderr + done.stdout
+    assert list(tmp_path.iterdir()) == []  # the config does not compose: Hydra makes no run folder
 
 
 def test_a_failing_trials_export_writes_nothing(tmp_path):

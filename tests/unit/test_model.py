@@ -1,21 +1,17 @@
 """The CNN builds and trains a step for hyperparameters sampled from the search space."""
 
-import csv
 import inspect
 import itertools
-
 import keras
 import keras_tuner as kt
 import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
-
 from histo_exp.model.cnn import block_widths, build_cnn, max_blocks
 from histo_exp.model.hypermodel import SpaceHyperModel, lr_factor
-from histo_exp.model.saving import load_model
-
-from helpers import TINY, flat_layers, predict
+from helpers import flat_layers
 from helpers import hypermodel as make_hypermodel
+
 
 
 def sampled(hypermodel: SpaceHyperModel, seed: int) -> kt.HyperParameters:
@@ -240,30 +236,3 @@ def test_learning_rate_scaling_rules():
     assert [lr_factor(rule, 1024, 64) for rule in ("none", "linear", "sqrt")] == [1.0, 16.0, 4.0]
     with pytest.raises(ValueError, match="none, linear, sqrt"):
         lr_factor("cubic", 1024, 64)
-
-
-@pytest.mark.slow
-def test_a_search_over_the_options_saves_a_model_that_predicts(run_cli, tmp_path, tiny_root):
-    """The CLI searches the options (a bool and a str choice, a fixed int); predict reads its model."""
-    done = run_cli([*TINY, "tuner.max_trials=1", "logger=none", "eval.bootstrap=20", "eval.max_maps=0",
-                    "model.batch_norm={choice: [true]}", "model.head={choice: [gap]}",
-                    "model.convs_per_block=2"], timeout=480)
-    assert done.returncode == 0, done.stderr[-3000:]
-    [out] = [p.parent for p in tmp_path.glob("outputs/*/*/best_model.keras")]
-    with open(out / "trials.csv") as f:
-        [trial] = list(csv.DictReader(f))
-    assert trial["status"] == "COMPLETED"
-    assert (trial["batch_norm"], trial["head"]) == ("1", "gap")  # KerasTuner keeps a bool choice as 0/1
-    assert "convs_per_block" not in trial  # fixed, not searched
-    model, meta = load_model(out / "best_model.keras")
-    assert meta["image_size"] == 32
-    layers = kinds(model)
-    assert layers.count("Conv2D") == 2 * int(trial["blocks"]) == layers.count("BatchNormalization")
-    assert "GlobalAveragePooling2D" in layers and "Flatten" not in layers
-    assert all(not layer.use_bias for layer in flat_layers(model) if isinstance(layer, keras.layers.Conv2D))
-    with open(predict([f"model={out / 'best_model.keras'}", f"input={tiny_root}", f"output={tmp_path}/p.csv"])) as f:
-        table = list(csv.DictReader(f))
-    assert len(table) == 240 and all(r["error"] == "" for r in table)
-    prob = np.array([float(r["prob_idc"]) for r in table])
-    assert ((0 <= prob) & (prob <= 1)).all() and prob.std() > 0
-    assert {r["label"] for r in table} <= {"0", "1"}

@@ -1,21 +1,16 @@
-"""The prediction CLI: one file, a folder, a patient tree, bad files, the model's own metadata."""
+"""Prediction in this process: one file, a folder, a patient tree, bad files, the model's own metadata."""
 
 import csv
 import shutil
-import subprocess
-import sys
-
 import keras_tuner as kt
 import numpy as np
 import pytest
-from mlflow.tracking import MlflowClient
-
 from histo_exp.data.decode import decode
 from histo_exp.data.index import index
 from histo_exp.model.saving import load_model, read_meta, save_model
-
-from helpers import cli_env, hypermodel
+from helpers import hypermodel
 from helpers import predict as main
+
 
 
 @pytest.fixture(scope="module")
@@ -98,17 +93,3 @@ def test_one_file_and_bad_files_get_rows_not_crashes(model_path, tiny_root, tmp_
     assert table["good.png"]["error"] == "" and 0 <= float(table["good.png"]["prob_idc"]) <= 1
     assert table["good.png"]["patient"] == ""  # not an IDC-layout name: no patient, no map
     assert not (tmp_path / "m_maps").exists()
-
-
-def test_missing_arguments_and_unknown_models_say_what_to_pass(tmp_path, tiny_root):
-    done = subprocess.run([sys.executable, "-m", "histo_exp.predict", "input=x"], cwd=tmp_path,
-                          env=cli_env(tmp_path), capture_output=True, text=True, timeout=120)
-    assert done.returncode != 0 and "missing model" in done.stderr and "Usage" in done.stderr
-    assert list(tmp_path.iterdir()) == []  # no outputs/, no .hydra/, no log file
-    store = f"sqlite:///{tmp_path}/m.db"
-    with pytest.raises(FileNotFoundError, match="no MLflow store at .*m.db"):
-        main(["model=0123456789abcdef", f"input={tiny_root}", f"tracking_uri={store}"])
-    assert not (tmp_path / "m.db").exists()
-    MlflowClient(tracking_uri=store).search_experiments()  # an empty store: the run is not in it
-    with pytest.raises(FileNotFoundError, match="neither a .keras file, nor a run"):
-        main(["model=0123456789abcdef", f"input={tiny_root}", f"tracking_uri={store}"])

@@ -2,13 +2,11 @@
 
 import subprocess
 import sys
-
 import pytest
-
 from helpers import REPO, cli_env
 
 
-@pytest.mark.slow
+
 def test_bench_gpu_runs_every_part_on_a_cpu_in_its_small_size(tmp_path, cache_dir):
     pytest.importorskip("jax", reason="bench/gpu.py runs Keras on JAX (pip install -e '.[jax]')")
     done = subprocess.run([sys.executable, str(REPO / "bench" / "gpu.py"), "--size", "small", "--work", str(tmp_path)],

@@ -5,31 +5,34 @@ from the declared schema (``histo_exp.settings.schema``): a key without a declar
 """
 
 from __future__ import annotations
-
 import copy
 import dataclasses
 import math
 import typing
 from collections.abc import Iterator, Mapping
+from pathlib import Path
 from typing import Any, Literal
-
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
-
 from histo_exp.config import CONFIG_DIR
 from histo_exp.errors import UsageError
 from histo_exp.settings import BY_OPTION, Settings, load, tuner_arguments
 from histo_exp.settings.fields import Bounds, Searchable, bounds_of
 from histo_exp.space import is_spec
 
+
+
 # Together these choose every option of every group that has a schema of its own.
+HERE = Path(__file__).parent  # a folder that exists, for data.root
 OPTIONS = {
     "defaults": [],
-    "idc-hyperband-sgd-none": ["data=idc", "tuner=hyperband", "optimizer=sgd", "logger=none"],
-    "random-rmsprop": ["tuner=random", "optimizer=rmsprop", "experiment=idc_original"],
+    "idc-hyperband-sgd-none": ["data=idc", f"data.root={HERE}", "tuner=hyperband", "optimizer=sgd", "logger=none"],
+    "random-rmsprop": ["tuner=random", "optimizer=rmsprop", "experiment=idc_original", f"data.root={HERE}"],
 }
+
+
 # Values that must move with the one under test, for the pair to stay valid together.
 COMPANIONS = {"data.val_fraction": {"data.test_fraction": 0.0}, "data.test_fraction": {"data.val_fraction": 1e-9}}
 
@@ -129,6 +132,8 @@ def edges(kind: type, bounds: Bounds) -> tuple[list[Any], list[Any]]:
 
 
 NUMERIC = [(name, key) for name, plain in CONFIGS.items() for key, value in leaves(plain) if numeric(value)]
+
+
 CHOICE = [(name, key) for name, plain in CONFIGS.items() for key, _ in leaves(plain)
           if choices(declared(key, plain)[0])]
 
@@ -198,6 +203,14 @@ def test_what_no_single_value_can_say_is_checked_together():
     hyperband = CONFIGS["idc-hyperband-sgd-none"]
     with pytest.raises(UsageError, match="tuner=hyperband"):
         load(with_value(hyperband, "tuner.cv_folds", 2))
+
+
+def test_a_dataset_needs_its_folder():
+    plain = CONFIGS["idc-hyperband-sgd-none"]
+    with pytest.raises(UsageError, match=r"data\.root is not set: pass data\.root="):
+        load(with_value(plain, "data.root", None))
+    with pytest.raises(FileNotFoundError, match=r"data\.root '/no/such/folder' does not exist"):
+        load(with_value(plain, "data.root", "/no/such/folder"))
 
 
 def test_a_model_without_a_schema_has_its_specs_checked_only():

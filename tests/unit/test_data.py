@@ -3,11 +3,9 @@
 import shutil
 import time
 from pathlib import Path
-
 import cv2
 import numpy as np
 import pytest
-
 from histo_exp.data.batches import PatchBatches
 from histo_exp.data.dataset import load
 from histo_exp.data.decode import decode, fit_patch
@@ -15,6 +13,7 @@ from histo_exp.data.device import on_device
 from histo_exp.data.index import DatasetError, index, save_listing
 from histo_exp.data.split import split_by_patient
 from histo_exp.data.synthetic import SyntheticSpec, generate
+
 
 
 def data_cfg(root: Path, **extra) -> dict:
