@@ -58,7 +58,7 @@ def copies_of(sample: Path) -> Path:
     t = time.perf_counter()
     made = 0
     for copy in range(TOTAL // len(m) + 1):
-        for rel, patient in zip(m.paths, m.patients):
+        for rel, patient in zip(m.paths, m.patients, strict=True):
             if made == TOTAL:
                 break
             new = f"{copy + 1}{patient}"  # a new patient id per copy
@@ -100,7 +100,7 @@ def measure_original(root: Path) -> dict:
     m = index(root)
     t = time.perf_counter()
     data, labels = [], []
-    for rel, label in zip(m.paths, m.labels):
+    for rel, label in zip(m.paths, m.labels, strict=True):
         img = cv2.imread(str(m.root / rel))
         data.append(cv2.resize(img, (50, 50), interpolation=cv2.INTER_AREA))
         labels.append(label)

@@ -17,8 +17,7 @@ import numpy as np
 from omegaconf import DictConfig
 
 from histo_exp.config import CONFIG_DIR, require
-from histo_exp.errors import one_line_errors
-from histo_exp.errors import PathNotFound, UsageError
+from histo_exp.errors import PathNotFound, UsageError, one_line_errors
 
 log = logging.getLogger("histo_exp.predict")
 USAGE = ("python -m histo_exp.predict model=<best_model.keras, search run id or models:/name@alias> "

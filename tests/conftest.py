@@ -14,6 +14,7 @@ from omegaconf import DictConfig
 
 from histo_exp.config import CONFIG_DIR
 from histo_exp.data.synthetic import SyntheticSpec, generate
+
 from helpers import cli_env
 
 

@@ -51,7 +51,7 @@ class MlflowServer:
             except OSError:
                 if time.time() > deadline or self.proc.poll() is not None:
                     self.stop()
-                    raise RuntimeError(f"the MLflow server did not come up in {timeout_s:.0f} s")
+                    raise RuntimeError(f"the MLflow server did not come up in {timeout_s:.0f} s") from None
                 time.sleep(0.5)
 
     def kill(self) -> None:

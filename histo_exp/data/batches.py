@@ -14,7 +14,6 @@ import os
 import keras
 import numpy as np
 
-
 ONE_HOT = np.eye(2, dtype="float32")
 
 
@@ -54,7 +53,7 @@ class FileRows:
     def __getitem__(self, rows: np.ndarray) -> np.ndarray:
         out = np.empty((len(rows), *self.row_shape), self.dtype)
         fd = self.file.fileno()
-        for row, position in zip(out, (self.offset + np.asarray(rows, np.int64) * self.row_bytes).tolist()):
+        for row, position in zip(out, (self.offset + np.asarray(rows, np.int64) * self.row_bytes).tolist(), strict=True):
             if os.preadv(fd, [row], position) != self.row_bytes:
                 raise OSError(f"{self.file.name} ends before row {(position - self.offset) // self.row_bytes}: "
                               "the cache file was cut short; delete its folder to rebuild it")

@@ -73,7 +73,7 @@ def _open(folder: Path, built: bool) -> Cached:
 
 def _write_manifest(path: Path, manifest: Manifest) -> None:
     columns = (manifest.patients.tolist(), manifest.x.tolist(), manifest.y.tolist(), manifest.labels.tolist())
-    rows = "".join(f"{p},{pid},{x},{y},{label}\n" for p, pid, x, y, label in zip(manifest.paths, *columns))
+    rows = "".join(f"{p},{pid},{x},{y},{label}\n" for p, pid, x, y, label in zip(manifest.paths, *columns, strict=True))
     path.write_text("path,patient,x,y,label\n" + rows)
 
 

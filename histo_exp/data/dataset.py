@@ -67,7 +67,7 @@ class PatchData:
         ones = np.bincount(inverse, weights=self.labels[kept] == 1, minlength=patients.size)
         total = np.bincount(inverse, minlength=patients.size)
         part = self.split.patients(self.patients)
-        return [(str(p), part[str(p)], int(t - o), int(o)) for p, t, o in zip(patients, total, ones)]
+        return [(str(p), part[str(p)], int(t - o), int(o)) for p, t, o in zip(patients, total, ones, strict=True)]
 
     def split_table(self) -> str:
         """CSV of patient -> split part, with each patient's patch count and IDC share."""

@@ -64,6 +64,14 @@ def _read(path: str, color: str) -> np.ndarray | None:
     return None if img is None else cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
 
+def check_choices(color: str, small_patches: str) -> None:
+    """The colour and the small-patch policy must be ones ``decode`` knows."""
+    if color not in COLORS:
+        raise UsageError(f"data.color must be one of {sorted(COLORS)}; got {color!r}")
+    if small_patches not in SMALL_PATCH_POLICIES:
+        raise UsageError(f"data.small_patches must be one of {SMALL_PATCH_POLICIES}; got {small_patches!r}")
+
+
 def decode(
     manifest: Manifest,
     image_size: int,
@@ -80,10 +88,7 @@ def decode(
     in parallel and outside the GIL) and ``Decoded.images`` is None; else the rows are gathered
     into a new array. ``workers`` defaults to the number of cores (more only contend for them).
     """
-    if color not in COLORS:
-        raise UsageError(f"data.color must be one of {sorted(COLORS)}; got {color!r}")
-    if small_patches not in SMALL_PATCH_POLICIES:
-        raise UsageError(f"data.small_patches must be one of {SMALL_PATCH_POLICIES}; got {small_patches!r}")
+    check_choices(color, small_patches)
     n = len(manifest)
     row_shape = (image_size, image_size, COLORS[color])
     images = np.zeros((n, *row_shape), dtype=np.uint8) if write is None else None
@@ -127,7 +132,7 @@ def decode(
     with ThreadPoolExecutor(max_workers=workers) as pool, tqdm(
         total=n, desc="decode", unit="patch", disable=not progress, mininterval=0.5
     ) as bar:
-        for lo, hi, counts in zip(bounds[:-1], bounds[1:], pool.map(work, bounds[:-1], bounds[1:])):
+        for lo, hi, counts in zip(bounds[:-1], bounds[1:], pool.map(work, bounds[:-1], bounds[1:]), strict=True):
             fitted += counts
             bar.update(hi - lo)
     return Decoded(images, usable, skipped, padded=fitted["padded"], resized=fitted["resized"])

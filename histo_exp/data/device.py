@@ -7,6 +7,7 @@ import logging
 from typing import Any
 
 import numpy as np
+
 from histo_exp.errors import UsageError
 
 log = logging.getLogger(__name__)

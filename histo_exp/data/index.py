@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
 from histo_exp.errors import UsageError
 
 LAYOUT = "<root>/<patient_id>/<0|1>/<patient_id>_idx5_x<X>_y<Y>_class<0|1>.png"
@@ -47,7 +48,7 @@ class Manifest:
         text = "\n".join(self.paths) + "\0" + repr(sorted(self.stamps.items()))
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
-    def subset(self, rows: np.ndarray) -> "Manifest":
+    def subset(self, rows: np.ndarray) -> Manifest:
         """The entries selected by ``rows`` (a boolean mask or indices)."""
         idx = np.asarray(rows)
         idx = np.flatnonzero(idx) if idx.dtype == bool else idx
@@ -129,7 +130,7 @@ def index(root: str | os.PathLike, progress: bool = False, memo: Path | None = N
         rows, skipped = _scan_label_folder(base / prefix, label, prefix)
         ignored += skipped
         if rows:
-            names, pids, x, y, lab = zip(*rows)
+            names, pids, x, y, lab = zip(*rows, strict=True)
             paths += [prefix + n for n in names]
             patients += pids
             xs += x

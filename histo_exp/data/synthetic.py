@@ -94,7 +94,7 @@ def _write_patient(tmp: Path, spec: SyntheticSpec, k: int, n: int) -> None:
     tint = rng.normal(1.0, 0.07, (2, 3)).clip(0.75, 1.25)
     cells, intensity = _patient_slide(rng, n)
     edge = cells[:, 1].max()
-    for (row, col), t in zip(cells, intensity):
+    for (row, col), t in zip(cells, intensity, strict=True):
         label = int(t > 0.5)
         width = int(rng.integers(30, PATCH)) if col == edge and rng.random() < 0.5 else PATCH
         patch = _render(rng, t, tint, width)
@@ -129,7 +129,7 @@ def generate(root: Path, spec: SyntheticSpec, workers: int = 1) -> Path:
         jobs = [(tmp, spec, k, n) for k, n in enumerate(spec.counts())]
         if workers > 1 and len(jobs) > 1:
             with ProcessPoolExecutor(min(workers, len(jobs))) as pool:
-                list(pool.map(_write_patient, *zip(*jobs)))
+                list(pool.map(_write_patient, *zip(*jobs, strict=True)))
         else:
             for job in jobs:
                 _write_patient(*job)

@@ -52,7 +52,7 @@ def plot_patient_map(
                        {"cmap": matplotlib.colors.ListedColormap(["#d9d9d9", "#d62728"]), "vmin": 0, "vmax": 1}))
     panels.append(("predicted IDC probability", grid(x, y, prob), {"cmap": "inferno", "vmin": 0, "vmax": 1}))
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4.4), dpi=110, squeeze=False)
-    for ax, (title, img, kw) in zip(axes[0], panels):
+    for ax, (title, img, kw) in zip(axes[0], panels, strict=False):
         shown = ax.imshow(img, interpolation="nearest", **kw)
         ax.set_title(title, fontsize=10)
         ax.axis("off")

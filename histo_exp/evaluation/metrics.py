@@ -15,6 +15,7 @@ from sklearn.metrics import (
     roc_auc_score,
     roc_curve,
 )
+
 from histo_exp.errors import UsageError
 
 METRICS = ("auc", "pr_auc", "f1", "balanced_accuracy", "sensitivity", "specificity", "accuracy")

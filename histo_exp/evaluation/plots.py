@@ -77,7 +77,7 @@ def plot_history(histories: Sequence[Mapping[str, Sequence[float]]], path: Path,
     """Loss and AUC per epoch, train (solid) against validation (dashed), one colour per patient fold."""
     fig, axes = plt.subplots(1, 2, figsize=(8, 3.4), dpi=120)
     folds = len(histories) > 1
-    for ax, name in zip(axes, ("loss", "auc")):
+    for ax, name in zip(axes, ("loss", "auc"), strict=True):
         for fold, history in enumerate(histories):
             for prefix, style in (("", "-"), ("val_", "--")):
                 values = history.get(prefix + name)
@@ -99,7 +99,7 @@ def plot_trials(trials: Sequence[tuple[Mapping[str, object], float]], path: Path
     fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.8 * rows), dpi=110, squeeze=False)
     scores = np.array([s for _, s in trials], dtype=float)
     best = int(np.nanargmax(scores)) if np.isfinite(scores).any() else -1
-    for ax, name in zip(axes.flat, names):
+    for ax, name in zip(axes.flat, names, strict=False):
         values = [hp.get(name) for hp, _ in trials]
         numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
         if numeric:

@@ -276,24 +276,22 @@ def input_layers(
     """
     if not 0.0 <= hue <= 0.5:
         raise UsageError(f"hue is 0..0.5 (of a full turn), got {hue}")
+    if normalize not in ("none", "per_patch"):
+        raise UsageError(f"data.normalize must be none or per_patch; got {normalize!r}")
+    colour = {  # in this order: stain first, then the camera-like jitters
+        "hed": lambda s, seed: HEDJitter(scale=s, shift=s, seed=seed),
+        "brightness": lambda s, seed: RandomBrightness(s, value_range=(0, 255), seed=seed),
+        "contrast": lambda s, seed: RandomContrast((s, s), value_range=(0, 255), seed=seed),
+        "saturation": lambda s, seed: RandomSaturation(s, seed=seed),
+        "hue": lambda s, seed: RandomHue(2.0 * s, value_range=(0, 255), seed=seed),
+    }
+    strengths = {"hed": hed, "brightness": brightness, "contrast": contrast, "saturation": saturation, "hue": hue}
     layers: list[keras.layers.Layer] = []
     if flip or rotate90:
         layers.append(RandomDihedral(flip=flip, rotate90=rotate90, seed=_seed(seed, "dihedral")))
-    if hed:
-        layers.append(HEDJitter(scale=hed, shift=hed, seed=_seed(seed, "hed")))
-    if brightness:
-        layers.append(RandomBrightness(brightness, value_range=(0, 255), seed=_seed(seed, "brightness")))
-    if contrast:
-        layers.append(RandomContrast((contrast, contrast), value_range=(0, 255),
-                                     seed=_seed(seed, "contrast")))
-    if saturation:
-        layers.append(RandomSaturation(saturation, seed=_seed(seed, "saturation")))
-    if hue:
-        layers.append(RandomHue(2.0 * hue, value_range=(0, 255), seed=_seed(seed, "hue")))
+    layers += [make(strengths[kind], _seed(seed, kind)) for kind, make in colour.items() if strengths[kind]]
     if gray:
         layers.append(ToGray())
-    if normalize not in ("none", "per_patch"):
-        raise UsageError(f"data.normalize must be none or per_patch; got {normalize!r}")
     if normalize == "per_patch":
         layers.append(StandardizeColour())
     return layers

@@ -6,6 +6,7 @@ import math
 from collections.abc import Sequence
 
 import keras
+
 from histo_exp.errors import UsageError
 
 

@@ -9,8 +9,8 @@ from collections.abc import Sequence
 
 import keras
 
-from histo_exp.model.augment import Dihedral
 from histo_exp.errors import UsageError
+from histo_exp.model.augment import Dihedral
 
 
 def _input_like(model: keras.Model, name: str) -> keras.KerasTensor:

@@ -17,10 +17,10 @@ import keras_tuner as kt
 import numpy as np
 from sklearn.utils.class_weight import compute_class_weight
 
+from histo_exp.errors import UsageError
 from histo_exp.model.augment import input_layers
 from histo_exp.model.cnn import IdcAUC, max_blocks
 from histo_exp.space import sample, to_plain
-from histo_exp.errors import UsageError
 
 log = logging.getLogger(__name__)
 

@@ -11,16 +11,26 @@ OmegaConf checks types only, not ranges or choices. The YAML stays the one place
 from __future__ import annotations
 
 from collections.abc import Mapping
-from pathlib import Path
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
 from histo_exp.errors import PathNotFound, UsageError
 from histo_exp.settings.fields import Bounds, Searchable, bounded, build
-from histo_exp.settings.schema import (LOGGERS, MODELS, OPTIMIZERS, TUNER_ONLY, Data, Distributed, Eval, Paths,
-                                       Trainer, Tuner)
+from histo_exp.settings.schema import (
+    LOGGERS,
+    MODELS,
+    OPTIMIZERS,
+    TUNER_ONLY,
+    Data,
+    Distributed,
+    Eval,
+    Paths,
+    Trainer,
+    Tuner,
+)
 from histo_exp.space import check_spec, is_spec
 
 __all__ = ["Bounds", "Data", "Distributed", "Eval", "Paths", "Searchable", "Settings", "Trainer", "Tuner",

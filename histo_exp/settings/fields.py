@@ -82,7 +82,7 @@ def convert(value: Any, kind: Any, key: str, bounds: Bounds | None = None) -> An
     """``value`` checked against ``kind`` (and ``bounds``); raises ``UsageError`` that names ``key``."""
     if dataclasses.is_dataclass(kind):
         if not isinstance(value, Mapping):
-            raise UsageError(f"{key} must be a group of settings; got {value!r}")
+            raise UsageError(f"{key} must be a group of settings; got {_show(value)}")
         return build(kind, value, key)
     origin, args = typing.get_origin(kind), typing.get_args(kind)
     if origin is Searchable:
@@ -90,10 +90,7 @@ def convert(value: Any, kind: Any, key: str, bounds: Bounds | None = None) -> An
     if origin in (Union, types.UnionType):
         return _union(value, args, key, bounds)
     if origin is Literal:
-        if value not in args or isinstance(value, bool) != any(isinstance(a, bool) for a in args if a == value):
-            raise UsageError(f"{key} must be one of {', '.join(map(_show, args))}; got {_show(value)}"
-                             f"{closest(value, args)}")
-        return value
+        return _choice(value, args, key)
     if kind is dict or origin is dict:  # a group checked by its own option's schema (``check_group``)
         if not isinstance(value, Mapping):
             raise UsageError(f"{key} must be a group of settings; got {_show(value)}")
@@ -102,9 +99,15 @@ def convert(value: Any, kind: Any, key: str, bounds: Bounds | None = None) -> An
         if not isinstance(value, list):
             raise UsageError(f"{key} must be a list; got {_show(value)}")
         return [convert(v, args[0], f"{key}[{i}]", bounds) for i, v in enumerate(value)]
-    if kind is Any:
-        return value
-    return _scalar(value, kind, key, bounds)
+    return value if kind is Any else _scalar(value, kind, key, bounds)
+
+
+def _choice(value: Any, choices: tuple, key: str) -> Any:
+    """One of ``choices`` (``True`` is not ``1``), else an error with the closest spelling."""
+    if value not in choices or isinstance(value, bool) != any(isinstance(c, bool) for c in choices if c == value):
+        raise UsageError(f"{key} must be one of {', '.join(map(_show, choices))}; got {_show(value)}"
+                         f"{closest(value, choices)}")
+    return value
 
 
 def _scalar(value: Any, kind: type, key: str, bounds: Bounds | None) -> Any:

@@ -16,8 +16,16 @@ The only package that talks to MLflow:
 - ``provenance``: the version, Keras and git commit tags of a run.
 """
 
-from histo_exp.tracking.base import (CHAMPION, ERROR, FINAL_MODEL, MODEL_NAME, NullTracker, Tracker, ending_runs,
-                                     flatten)
+from histo_exp.tracking.base import (
+                                     CHAMPION,
+                                     ERROR,
+                                     FINAL_MODEL,
+                                     MODEL_NAME,
+                                     NullTracker,
+                                     Tracker,
+                                     ending_runs,
+                                     flatten,
+)
 from histo_exp.tracking.connection import check_server
 from histo_exp.tracking.mlflow_tracker import MlflowTracker
 from histo_exp.tracking.offline import sync

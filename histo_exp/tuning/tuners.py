@@ -14,8 +14,14 @@ import keras_tuner as kt
 from histo_exp.errors import UsageError
 from histo_exp.evaluation.plots import plot_history
 from histo_exp.tracking import NullTracker, Tracker
-from histo_exp.tuning.failures import (fail_if_non_finite, failure_reason, is_scored, non_finite, stopped_by_failures,
-                                       trial_error)
+from histo_exp.tuning.failures import (
+    fail_if_non_finite,
+    failure_reason,
+    is_scored,
+    non_finite,
+    stopped_by_failures,
+    trial_error,
+)
 from histo_exp.tuning.fold_files import fold_checkpoint, read_fold_results, write_fold_results
 from histo_exp.tuning.oracle import ORACLE_ARGS, BayesianOracle
 from histo_exp.tuning.search_folder import Role

@@ -2,12 +2,14 @@
 them: Hydra's override syntax, Hydra's errors, and a command that fails writes nothing."""
 
 from __future__ import annotations
+
 import subprocess
 import sys
 from pathlib import Path
-import pytest
-from helpers import cli_env, free_port
 
+import pytest
+
+from helpers import cli_env, free_port
 
 
 def command(cwd: Path, module: str, *args: str) -> subprocess.CompletedProcess:

@@ -2,11 +2,12 @@
 
 import subprocess
 import sys
+
 import pytest
 from mlflow.tracking import MlflowClient
+
 from helpers import cli_env
 from helpers import predict as main
-
 
 
 def test_missing_arguments_and_unknown_models_say_what_to_pass(tmp_path, tiny_root):

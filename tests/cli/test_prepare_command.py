@@ -2,8 +2,8 @@
 
 import subprocess
 import sys
-from helpers import cli_env
 
+from helpers import cli_env
 
 
 def test_prepare_indexes_and_caches_without_training(tmp_path, cache_dir):

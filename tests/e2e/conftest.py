@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
 from helpers import TINY, cli_env, runs
 
 # MLflow samples system metrics every logger.system_metrics_interval seconds and logs nothing for a

@@ -9,6 +9,7 @@ import sys
 import textwrap
 
 import pytest
+
 from helpers import REPO, TINY, cli_env, runs
 
 STRENGTHS = {"hed": 0.05, "brightness": 0.1, "contrast": 0.1, "saturation": 0.1, "hue": 0.05}

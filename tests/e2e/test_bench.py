@@ -2,9 +2,10 @@
 
 import subprocess
 import sys
-import pytest
-from helpers import REPO, cli_env
 
+import pytest
+
+from helpers import REPO, cli_env
 
 
 def test_bench_gpu_runs_every_part_on_a_cpu_in_its_small_size(tmp_path, cache_dir):

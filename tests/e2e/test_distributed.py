@@ -9,6 +9,7 @@ import time
 from collections import Counter
 
 import pytest
+
 from helpers import TINY, cli_env, runs, saved_model_test_auc
 
 

@@ -1,10 +1,11 @@
 """The package installed as a wheel, run from another folder: its configs travel with it."""
 
 from __future__ import annotations
+
 import subprocess
 import sys
-from helpers import REPO, cli_env
 
+from helpers import REPO, cli_env
 
 
 def test_the_module_runs_when_installed_outside_the_repo(tmp_path):

@@ -1,9 +1,10 @@
 """Multiruns (`-m`) with each of Hydra's launchers: one search per job in one store."""
 
 from __future__ import annotations
-import pytest
-from helpers import TINY, runs
 
+import pytest
+
+from helpers import TINY, runs
 
 
 @pytest.mark.parametrize("launcher, optimizers", [

@@ -3,14 +3,17 @@ on, what could not be sent is kept in the output folder, and every finished tria
 store exactly once when it is back, through the running search itself or ``histo_exp.sync``."""
 
 from __future__ import annotations
+
 import subprocess
 import sys
 import time
 from collections import Counter
+
 from mlflow.tracking import MlflowClient
-from helpers import TINY, MlflowServer, cli_env, in_trial, predict
+
 from histo_exp.tracking import MlflowTracker
 
+from helpers import TINY, MlflowServer, cli_env, in_trial, predict
 
 
 def by_role(client: MlflowClient, experiment_id: str) -> tuple[list, list]:

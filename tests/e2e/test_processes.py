@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 from filelock import FileLock, Timeout
-from helpers import cli_env
 
 from histo_exp.data.cache import IMAGES, KEY, ingest
 from histo_exp.data.decode import decode
@@ -21,6 +20,8 @@ from histo_exp.data.index import index
 from histo_exp.data.publish import build_folder, lock_path
 from histo_exp.tracking import MlflowTracker
 from histo_exp.tuning.search_folder import SearchFolder
+
+from helpers import cli_env
 
 # A builder that records its pid, says it started, and finishes only when the test says so.
 BUILDER = """

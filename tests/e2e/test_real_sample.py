@@ -1,9 +1,10 @@
 """The real IDC sample (../shared/data/idc-mini), where it is: a short search learns something."""
 
 from __future__ import annotations
-import pytest
-from helpers import IDC_MINI, runs
 
+import pytest
+
+from helpers import IDC_MINI, runs
 
 
 @pytest.mark.skipif(not IDC_MINI.is_dir(), reason=f"the real IDC sample is absent ({IDC_MINI})")

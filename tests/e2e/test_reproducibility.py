@@ -3,7 +3,6 @@
 from histo_exp import runner
 
 
-
 def test_same_seed_same_split_and_test_auc(compose_cfg, tmp_path):
     results = []
     for attempt in range(2):

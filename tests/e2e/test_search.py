@@ -10,9 +10,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import cli_env, split_parts
 from sklearn.metrics import roc_auc_score
 
+from helpers import cli_env, split_parts
 
 
 def test_the_console_says_what_the_search_did_and_where_to_look(golden):

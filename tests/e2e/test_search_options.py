@@ -1,11 +1,13 @@
 """A search over the CNN's options (batch norm, GAP head, VGG-style blocks) saves a model that predicts."""
 
 import csv
+
 import keras
 import numpy as np
-from histo_exp.model.saving import load_model
-from helpers import TINY, flat_layers, predict
 
+from histo_exp.model.saving import load_model
+
+from helpers import TINY, flat_layers, predict
 
 
 def kinds(model: keras.Model) -> list[str]:

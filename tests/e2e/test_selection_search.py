@@ -1,15 +1,18 @@
 """Whole searches with patient folds, refit, ensembles and TTA, and one without test patients."""
 
 from __future__ import annotations
+
 import csv
 import re
 import subprocess
 import sys
 from pathlib import Path
+
 import pytest
-from helpers import TINY, cli_env, runs, split_parts
+
 from histo_exp.model.saving import load_model, read_meta
 
+from helpers import TINY, cli_env, runs, split_parts
 
 
 def test_cv_refit_ensemble_and_tta_give_one_model_that_predicts(run_cli, tmp_path):

@@ -7,10 +7,10 @@ import shutil
 import subprocess
 import sys
 import urllib.request
+
 import pytest
+
 from helpers import MlflowServer, cli_env
-
-
 
 
 def api(base: str, path: str, body: dict | None = None) -> dict:

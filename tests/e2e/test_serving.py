@@ -1,6 +1,7 @@
 """``mlflow models serve`` on a logged model answers with IDC probabilities."""
 
 from __future__ import annotations
+
 import contextlib
 import csv
 import json
@@ -11,14 +12,15 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+
 import cv2
 import keras
 import numpy as np
 import pytest
+
+from histo_exp.tracking import MlflowTracker
+
 from helpers import free_port, predict
-from histo_exp.tracking import (MlflowTracker)
-
-
 
 SHAPE = (16, 16, 3)
 

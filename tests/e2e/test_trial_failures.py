@@ -5,10 +5,11 @@ and training in mixed precision."""
 import re
 
 import pytest
-from helpers import TINY, flat_layers, predict, runs, saved_model_test_auc
 from mlflow.tracking import MlflowClient
 
 from histo_exp import runner
+
+from helpers import TINY, flat_layers, predict, runs, saved_model_test_auc
 
 # SGD at a learning rate of 1e30 makes the tiny CNN's training loss NaN at its second step; at 1e6 the
 # training loss stays finite (about 1e30) in the first epoch, but the validation loss is NaN.

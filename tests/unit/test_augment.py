@@ -2,11 +2,14 @@
 images per image when training, reproducible from a seed on TensorFlow and JAX, and saved with the model."""
 
 from __future__ import annotations
+
 import json
+
 import cv2
 import keras
 import numpy as np
 import pytest
+
 from histo_exp.errors import UsageError
 from histo_exp.model.augment import (
     Dihedral,
@@ -19,8 +22,6 @@ from histo_exp.model.augment import (
 )
 from histo_exp.model.colour import hed_to_rgb, rgb_to_hed, saturate
 from histo_exp.model.saving import load_model, save_model
-
-
 
 STRENGTHS = {"hed": 0.05, "brightness": 0.1, "contrast": 0.1, "saturation": 0.1, "hue": 0.05}
 
@@ -251,7 +252,7 @@ def test_fit_draws_fresh_augmentations_and_the_model_saves(tmp_path):
     before = states()
     assert len(before) == 6
     model.fit(x, y, batch_size=8, epochs=1, verbose=0)
-    assert all(not np.array_equal(b, a) for b, a in zip(before, states())), "a layer drew nothing in fit"
+    assert all(not np.array_equal(b, a) for b, a in zip(before, states(), strict=True)), "a layer drew nothing in fit"
     path = save_model(model, tmp_path / "aug.keras", {"image_size": 12, "color": "gray"})
     loaded, meta = load_model(path)
     assert meta["color"] == "gray"

@@ -1,13 +1,14 @@
 """The decoded uint8 cache: built once, reused, rebuilt on change, never used half-written."""
 
 import shutil
+
 import numpy as np
 import pytest
+
 from histo_exp.data.batches import PatchBatches
 from histo_exp.data.cache import IMAGES, ingest
 from histo_exp.data.decode import decode
 from histo_exp.data.index import index
-
 
 
 def test_cache_is_built_once_then_reused_as_a_memory_map(tiny_root, tmp_path):

@@ -1,19 +1,20 @@
 """Every config group composes and builds what it describes; CLI-style overrides work."""
 
 from types import SimpleNamespace
+
 import keras_tuner as kt
 import pytest
 from hydra.errors import ConfigCompositionException
 from hydra.utils import instantiate
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
-from histo_exp.space import sample
-from histo_exp.tracking import MlflowTracker, NullTracker
+
 from histo_exp import build
 from histo_exp.settings import load
+from histo_exp.space import sample
+from histo_exp.tracking import MlflowTracker, NullTracker
 from histo_exp.tuning.oracle import BayesianOracle
 from histo_exp.tuning.search_folder import SearchFolder
-
 
 
 def test_defaults_are_synthetic_cnn_adam_bayesian_mlflow(compose_cfg, tmp_path):

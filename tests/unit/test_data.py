@@ -3,9 +3,11 @@
 import shutil
 import time
 from pathlib import Path
+
 import cv2
 import numpy as np
 import pytest
+
 from histo_exp.data.batches import PatchBatches
 from histo_exp.data.dataset import load
 from histo_exp.data.decode import decode, fit_patch
@@ -13,7 +15,6 @@ from histo_exp.data.device import on_device
 from histo_exp.data.index import DatasetError, index, save_listing
 from histo_exp.data.split import split_by_patient
 from histo_exp.data.synthetic import SyntheticSpec, generate
-
 
 
 def data_cfg(root: Path, **extra) -> dict:
@@ -200,7 +201,7 @@ def test_batches_are_plain_gathers_and_training_batches_shuffle_the_same_way_eac
     labels = rng.integers(0, 2, 20).astype(np.int8)
     idx = np.arange(3, 17)
     val = PatchBatches(images, labels, idx, 5)
-    xs, ys = zip(*(val[i] for i in range(len(val))))
+    xs, ys = zip(*(val[i] for i in range(len(val))), strict=True)
     assert np.array_equal(np.concatenate(xs), images[idx])
     assert np.array_equal(np.concatenate(ys).argmax(1), labels[idx]) and len(val) == 3
     train = PatchBatches(images, labels, idx, 7, shuffle=True, seed=1)

@@ -11,13 +11,14 @@ from types import SimpleNamespace
 
 import keras_tuner as kt
 import pytest
-from fakes import ListOracle, RecordingTracker, ScriptedHyperModel
-from helpers import free_port
 from keras_tuner.src.distribute import oracle_chief
 
 from histo_exp.settings import Distributed, Tuner
 from histo_exp.tuning.search_folder import SearchFolder
 from histo_exp.tuning.tuners import TrackedTuner
+
+from fakes import ListOracle, RecordingTracker, ScriptedHyperModel
+from helpers import free_port
 
 GOOD = [{"loss": 0.6, "auc": 0.7, "val_loss": 0.6, "val_auc": 0.7}]
 

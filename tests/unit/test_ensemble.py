@@ -2,14 +2,14 @@
 give the averages computed by hand and survive save_model/load_model."""
 
 from __future__ import annotations
+
 import keras
 import numpy as np
 import pytest
+
 from histo_exp.model.augment import input_layers
 from histo_exp.model.ensemble import average_models, with_tta
 from histo_exp.model.saving import load_model, save_model
-
-
 
 SHAPE = (8, 8, 3)
 

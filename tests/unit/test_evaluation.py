@@ -11,11 +11,17 @@ from sklearn.metrics import (
     recall_score,
     roc_auc_score,
 )
+
 from histo_exp.data.index import index
 from histo_exp.evaluation.maps import STEP, THUMB, grid, mosaic, plot_patient_map
-from histo_exp.evaluation.metrics import Scores, binary_metrics, bootstrap_by_patient, choose_threshold, rank_auc
+from histo_exp.evaluation.metrics import (
+    Scores,
+    binary_metrics,
+    bootstrap_by_patient,
+    choose_threshold,
+    rank_auc,
+)
 from histo_exp.evaluation.plots import plot_confusion, plot_history, plot_pr, plot_roc, plot_trials
-
 
 
 @pytest.fixture

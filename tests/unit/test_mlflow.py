@@ -1,6 +1,7 @@
 """The MLflow tracker against a real SQLite store: datasets, pyfunc model, registry, system metrics."""
 
 from __future__ import annotations
+
 import errno
 import inspect
 import json
@@ -9,14 +10,22 @@ import signal
 import threading
 import time
 from pathlib import Path
+
 import keras
 import numpy as np
 import pytest
 from mlflow.entities import LoggedModelStatus
-from histo_exp.tracking import (CHAMPION, MODEL_NAME, MlflowTracker, NullTracker, Tracker, download_model,
-                                ending_runs, writes)
 
-
+from histo_exp.tracking import (
+    CHAMPION,
+    MODEL_NAME,
+    MlflowTracker,
+    NullTracker,
+    Tracker,
+    download_model,
+    ending_runs,
+    writes,
+)
 
 SHAPE = (16, 16, 3)
 

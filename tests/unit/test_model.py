@@ -2,16 +2,18 @@
 
 import inspect
 import itertools
+
 import keras
 import keras_tuner as kt
 import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
+
 from histo_exp.model.cnn import block_widths, build_cnn, max_blocks
 from histo_exp.model.hypermodel import SpaceHyperModel, lr_factor
+
 from helpers import flat_layers
 from helpers import hypermodel as make_hypermodel
-
 
 
 def sampled(hypermodel: SpaceHyperModel, seed: int) -> kt.HyperParameters:

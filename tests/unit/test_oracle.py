@@ -2,8 +2,8 @@
 
 import keras_tuner as kt
 import numpy as np
-from histo_exp.tuning.tuners import BayesianOracle
 
+from histo_exp.tuning.tuners import BayesianOracle
 
 
 def space() -> kt.HyperParameters:

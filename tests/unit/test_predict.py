@@ -2,15 +2,17 @@
 
 import csv
 import shutil
+
 import keras_tuner as kt
 import numpy as np
 import pytest
+
 from histo_exp.data.decode import decode
 from histo_exp.data.index import index
 from histo_exp.model.saving import load_model, read_meta, save_model
+
 from helpers import hypermodel
 from helpers import predict as main
-
 
 
 @pytest.fixture(scope="module")

@@ -1,9 +1,10 @@
 """A resumed search first sends what an earlier, killed launch kept while its store was away."""
 
 from __future__ import annotations
-from mlflow.tracking import MlflowClient
-from histo_exp.tracking import MlflowTracker
 
+from mlflow.tracking import MlflowClient
+
+from histo_exp.tracking import MlflowTracker
 
 
 def by_role(client: MlflowClient, experiment_id: str) -> tuple[list, list]:

@@ -2,12 +2,14 @@
 commands."""
 
 from __future__ import annotations
+
 import os
+
 import pytest
+
 from histo_exp.launch import commands, device_env
 from histo_exp.settings import load
 from histo_exp.tuning.search_folder import SearchFolder
-
 
 
 def test_distributed_config_becomes_kerastuners_environment(compose_cfg, monkeypatch):

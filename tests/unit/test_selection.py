@@ -1,12 +1,14 @@
 """Patient-grouped CV folds, the rows a refit trains on, and the folds a tuner can use."""
 
 from __future__ import annotations
+
 import logging
+
 import numpy as np
 import pytest
+
 from histo_exp.data.split import Split, max_folds, patient_folds
 from histo_exp.tuning.final_model import refit_rows
-
 
 
 def cohort() -> tuple[np.ndarray, np.ndarray]:
@@ -61,8 +63,8 @@ def test_hyperband_refuses_patient_folds(compose_cfg):
 
 
 def test_cv_folds_auto_cross_validates_few_patients_only(compose_cfg, tiny_root, tmp_path):
-    from histo_exp.data.dataset import load
     from histo_exp.build import cv_folds
+    from histo_exp.data.dataset import load
     from histo_exp.settings import load as load_settings
 
     cfg = compose_cfg("data=idc", f"data.root={tiny_root}", "tuner.cv_folds=auto", "tuner.cv_auto_folds=2")

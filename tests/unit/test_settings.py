@@ -5,6 +5,7 @@ from the declared schema (``histo_exp.settings.schema``): a key without a declar
 """
 
 from __future__ import annotations
+
 import copy
 import dataclasses
 import math
@@ -12,17 +13,17 @@ import typing
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal
+
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
+
 from histo_exp.config import CONFIG_DIR
 from histo_exp.errors import UsageError
 from histo_exp.settings import BY_OPTION, Settings, load, tuner_arguments
 from histo_exp.settings.fields import Bounds, Searchable, bounds_of
 from histo_exp.space import is_spec
-
-
 
 # Together these choose every option of every group that has a schema of its own.
 HERE = Path(__file__).parent  # a folder that exists, for data.root

@@ -2,8 +2,8 @@
 
 import keras_tuner as kt
 import pytest
-from histo_exp.space import SearchSpaceError, declare, sample
 
+from histo_exp.space import SearchSpaceError, declare, sample
 
 
 def test_plain_values_are_fixed_and_not_searched():

@@ -10,12 +10,13 @@ import re
 
 import keras_tuner as kt
 import pytest
-from fakes import ListOracle, RecordingTracker, ScriptedHyperModel
 
 from histo_exp.tuning.failures import SearchFailed, stopped_by_failures
 from histo_exp.tuning.final_model import best_trials
 from histo_exp.tuning.trials import from_tuner_dir, trials_csv
 from histo_exp.tuning.tuners import TrackedTuner
+
+from fakes import ListOracle, RecordingTracker, ScriptedHyperModel
 
 GOOD = [{"loss": 0.6, "auc": 0.7, "val_loss": 0.6, "val_auc": 0.75}, {"loss": 0.5, "auc": 0.8, "val_loss": 0.55,
                                                                     "val_auc": 0.8}]

@@ -1,12 +1,13 @@
 """Why a trial failed, in one line; class weights that balance the training split."""
 
 import traceback
+
 import keras_tuner as kt
 import numpy as np
 import pytest
+
 from histo_exp import build
 from histo_exp.tuning.failures import fail_if_non_finite, failure_reason, non_finite, trial_error
-
 
 
 def test_a_nan_or_infinite_value_is_named_with_its_epoch_and_fold():
