@@ -15,7 +15,7 @@ log = logging.getLogger(__name__)
 
 
 @contextlib.contextmanager
-def held(path: Path, doing: str, timeout_s: float) -> Iterator[None]:
+def lock_file(path: Path, doing: str, timeout_s: float) -> Iterator[None]:
     """Hold the lock file ``path``; say once when another process holds it (``doing`` says what
     that process does), and give up after ``timeout_s`` with what to do.
 

@@ -62,3 +62,34 @@ def run_cli(tmp_path, cache_dir) -> Callable[..., subprocess.CompletedProcess]:
         )
 
     return _run
+
+
+@pytest.fixture(scope="module")
+def keras_file(tmp_path_factory) -> Path:
+    """A tiny two-class Keras model saved as .keras."""
+    import keras
+
+    from helpers import SHAPE
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input(SHAPE), keras.layers.Rescaling(1 / 255), keras.layers.Flatten(),
+                              keras.layers.Dense(2, activation="softmax")])
+    path = tmp_path_factory.mktemp("model") / "best_model.keras"
+    model.save(path)
+    return path
+
+
+@pytest.fixture
+def patches():
+    """Five random uint8 patches the tiny model takes."""
+    import numpy as np
+
+    from helpers import SHAPE
+
+    return np.random.default_rng(1).integers(0, 256, (5, *SHAPE), dtype=np.uint8)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> Path:
+    """One SQLite store for the module: creating its tables takes a second or two."""
+    return tmp_path_factory.mktemp("mlruns")

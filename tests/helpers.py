@@ -19,6 +19,7 @@ from mlflow.tracking import MlflowClient
 from histo_exp.config import CONFIG_DIR
 from histo_exp.launch import free_port  # noqa: F401  (tests start servers on loopback too)
 from histo_exp.model.hypermodel import SpaceHyperModel
+from histo_exp.tracking import MlflowTracker
 
 REPO = Path(__file__).resolve().parents[1]
 IDC_MINI = REPO.parent / "shared" / "data" / "idc-mini"
@@ -179,3 +180,30 @@ def flat_layers(model) -> list:
 
     return [inner for layer in model.layers
             for inner in (flat_layers(layer) if isinstance(layer, keras.Model) else [layer])]
+
+
+SHAPE = (16, 16, 3)  # the tiny model of the tracker tests (the keras_file fixture)
+MLFLOW_CLI = Path(sys.executable).with_name("mlflow")
+
+
+def tracker(store: Path, **kwargs) -> MlflowTracker:
+    """An MLflow tracker on the SQLite store in ``store`` (system metrics off unless asked)."""
+    kwargs.setdefault("system_metrics", False)
+    return MlflowTracker(f"sqlite:///{store}/mlflow.db", "histo_exp",
+                         artifact_location=str(store / "artifacts"), **kwargs)
+
+
+def search_with_model(store: Path, keras_file: Path, **kwargs) -> tuple[MlflowTracker, str]:
+    """A search run with the .keras artifact (as the runner logs it) and the pyfunc model."""
+    t = tracker(store, **kwargs)
+    t.start_search({"seed": 1}, "seed: 1\n", run_name="search")
+    t.log_artifact(keras_file, "model")
+    uri = t.log_model(keras_file, SHAPE)
+    return t, uri
+
+
+def expected(keras_file: Path, x: np.ndarray) -> np.ndarray:
+    """What the .keras model itself predicts for ``x`` (IDC probabilities)."""
+    import keras
+
+    return keras.models.load_model(keras_file, compile=False).predict(x, verbose=0)[:, 1]

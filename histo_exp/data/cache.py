@@ -3,7 +3,7 @@
 A cache folder is named by its key (file list fingerprint, image size, colour mode, small-patch
 policy), is built in a temporary sibling and renamed into place only when complete, so a killed
 ingest never leaves a cache that looks usable. Processes that want the same cache at once build
-it once: the others wait for it (``publish.build_folder``).
+it once: the others wait for it (``build_once.build_folder``).
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from histo_exp.data.build_once import build_folder
 from histo_exp.data.index import Manifest
-from histo_exp.data.publish import build_folder
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from histo_exp.data.publish import build_folder
+from histo_exp.data.build_once import build_folder
 
 PATCH = 50
 EOSIN = np.array([232.0, 158.0, 200.0])

@@ -161,29 +161,29 @@ class Cnn:
 
 
 @dataclass(frozen=True)
-class Adam:
+class Optimizer:
+    """What every optimizer option has: the Keras class, its name and a learning rate."""
+
     target: str
     name: str
     learning_rate: Searchable[float] = bounded(0.0, lo_open=True)
+
+
+@dataclass(frozen=True)
+class Adam(Optimizer):
     beta_1: Searchable[float] = bounded(0.0, 1.0, hi_open=True)
     beta_2: Searchable[float] = bounded(0.0, 1.0, hi_open=True)
     epsilon: Searchable[float] = bounded(0.0, lo_open=True)
 
 
 @dataclass(frozen=True)
-class RMSprop:
-    target: str
-    name: str
-    learning_rate: Searchable[float] = bounded(0.0, lo_open=True)
+class RMSprop(Optimizer):
     rho: Searchable[float] = bounded(0.0, 1.0, hi_open=True)
 
 
 @dataclass(frozen=True)
-class SGD:
-    target: str
-    name: str
+class SGD(Optimizer):
     nesterov: Searchable[bool]
-    learning_rate: Searchable[float] = bounded(0.0, lo_open=True)
     momentum: Searchable[float] = bounded(**FRACTION)
 
 

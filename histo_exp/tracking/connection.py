@@ -12,7 +12,7 @@ from pathlib import Path
 from mlflow.tracking import MlflowClient
 
 from histo_exp.errors import Unreachable
-from histo_exp.locks import held
+from histo_exp.locks import lock_file
 
 # How long a process waits for another to create the same SQLite store: creating the schema takes
 # seconds, so only a process stuck while holding the lock makes anyone wait this long.
@@ -47,7 +47,7 @@ def creation_lock(tracking_uri: str, timeout_s: float = CREATION_WAIT_S) -> cont
     if not tracking_uri.startswith("sqlite:///"):
         return contextlib.nullcontext()
     db = Path(tracking_uri.removeprefix("sqlite:///"))
-    return held(db.with_name(f"{db.name}.lock"), f"creates the MLflow store {db}", timeout_s)
+    return lock_file(db.with_name(f"{db.name}.lock"), f"creates the MLflow store {db}", timeout_s)
 
 
 def http_settings(timeout_s: float, retries: int) -> None:

@@ -20,7 +20,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from histo_exp.errors import UsageError
-from histo_exp.locks import held
+from histo_exp.locks import lock_file
 from histo_exp.tracking.writes import Write, apply
 
 log = logging.getLogger(__name__)
@@ -115,7 +115,7 @@ class Spool:
         Stops at the first write the store does not take (it raises), with every write before it
         counted as sent. One process sends a spool at a time.
         """
-        with held(self.folder / "send.lock", f"sends the MLflow writes kept in {self.folder}", SEND_WAIT_S):
+        with lock_file(self.folder / "send.lock", f"sends the MLflow writes kept in {self.folder}", SEND_WAIT_S):
             progress = self.progress()
             writes = self.writes()
             start = int(progress["sent"])

@@ -14,20 +14,19 @@ import numpy as np
 import pytest
 from filelock import FileLock, Timeout
 
+from histo_exp.data.build_once import build_folder, lock_path
 from histo_exp.data.cache import IMAGES, KEY, ingest
 from histo_exp.data.decode import decode
 from histo_exp.data.index import index
-from histo_exp.data.publish import build_folder, lock_path
-from histo_exp.tracking import MlflowTracker
 from histo_exp.tuning.search_folder import SearchFolder
 
-from helpers import cli_env
+from helpers import cli_env, tracker
 
 # A builder that records its pid, says it started, and finishes only when the test says so.
 BUILDER = """
 import logging, os, sys, time
 from pathlib import Path
-from histo_exp.data.publish import build_folder
+from histo_exp.data.build_once import build_folder
 logging.basicConfig(level=logging.INFO)
 final, work = Path(sys.argv[1]), Path(sys.argv[2])
 
@@ -94,7 +93,7 @@ def test_partials_of_dead_builds_are_swept_and_reported(tmp_path, caplog):
     kept = [tmp_path / "data-abcd.partial-h-3", tmp_path / "data-xyz.partial-h-4"]
     for p in kept:
         p.mkdir()
-    with caplog.at_level(logging.INFO, logger="histo_exp.data.publish"):
+    with caplog.at_level(logging.INFO, logger="histo_exp.data.build_once"):
         assert build_folder(final, lambda tmp: tmp.mkdir(), lambda p: p.exists())
     assert not list(tmp_path.glob("data-abc.partial-*")) and all(p.exists() for p in kept)
     assert "removed 2 partial folder(s)" in caplog.text and "2.0 MiB reclaimed" in caplog.text
@@ -162,24 +161,12 @@ cache.ingest(index({str(tiny_root)!r}), {str(cache_dir)!r}, 50, workers=1, progr
         pass
     (partial,) = [p for p in cache_dir.iterdir() if p.is_dir()]
     assert ".partial-" in partial.name and (partial / IMAGES).exists() and not (partial / KEY).exists()
-    with caplog.at_level(logging.INFO, logger="histo_exp.data.publish"):
+    with caplog.at_level(logging.INFO, logger="histo_exp.data.build_once"):
         cached = ingest(index(tiny_root), cache_dir, 50, progress=False)
     assert cached.built and cached.usable.all() and not partial.exists()
     assert "removed 1 partial folder(s)" in caplog.text and "MiB reclaimed" in caplog.text
     assert np.array_equal(np.asarray(cached.images), decode(index(tiny_root), 50, progress=False).images)
     assert not ingest(index(tiny_root), cache_dir, 50, progress=False).built
-
-
-@pytest.fixture(scope="module")
-def store(tmp_path_factory) -> Path:
-    """One SQLite store for the module: creating its tables takes a second or two."""
-    return tmp_path_factory.mktemp("mlruns")
-
-
-def tracker(store: Path, **kwargs) -> MlflowTracker:
-    kwargs.setdefault("system_metrics", False)
-    return MlflowTracker(f"sqlite:///{store}/mlflow.db", "histo_exp",
-                         artifact_location=str(store / "artifacts"), **kwargs)
 
 
 SAME_DATASET = """

@@ -89,8 +89,7 @@ def test_a_chief_and_two_workers_run_each_trial_once_and_the_chief_keeps_every_s
             errors.append(err)
 
     chief = threading.Thread(target=process, args=("chief",), daemon=True)
-    chief.start()
-    time.sleep(0.5)  # KerasTuner's workers expect the chief's server to be up
+    chief.start()  # the workers' requests wait for its server (gRPC's wait_for_ready): no sleep needed
     workers = [threading.Thread(target=process, args=(f"worker{i}",), daemon=True) for i in (1, 2)]
     for thread in workers:
         thread.start()

@@ -27,48 +27,7 @@ from histo_exp.tracking import (
     writes,
 )
 
-SHAPE = (16, 16, 3)
-
-
-@pytest.fixture(scope="module")
-def keras_file(tmp_path_factory) -> Path:
-    """A tiny two-class Keras model saved as .keras."""
-    keras.utils.set_random_seed(0)
-    model = keras.Sequential([keras.Input(SHAPE), keras.layers.Rescaling(1 / 255), keras.layers.Flatten(),
-                              keras.layers.Dense(2, activation="softmax")])
-    path = tmp_path_factory.mktemp("model") / "best_model.keras"
-    model.save(path)
-    return path
-
-
-@pytest.fixture
-def patches() -> np.ndarray:
-    return np.random.default_rng(1).integers(0, 256, (5, *SHAPE), dtype=np.uint8)
-
-
-def expected(keras_file: Path, x: np.ndarray) -> np.ndarray:
-    return keras.models.load_model(keras_file, compile=False).predict(x, verbose=0)[:, 1]
-
-
-@pytest.fixture(scope="module")
-def store(tmp_path_factory) -> Path:
-    """One SQLite store for the module: creating its tables takes a second or two."""
-    return tmp_path_factory.mktemp("mlruns")
-
-
-def tracker(store: Path, **kwargs) -> MlflowTracker:
-    kwargs.setdefault("system_metrics", False)
-    return MlflowTracker(f"sqlite:///{store}/mlflow.db", "histo_exp",
-                         artifact_location=str(store / "artifacts"), **kwargs)
-
-
-def search_with_model(store: Path, keras_file: Path, **kwargs) -> tuple[MlflowTracker, str]:
-    """A search run with the .keras artifact (as the runner logs it) and the pyfunc model."""
-    t = tracker(store, **kwargs)
-    t.start_search({"seed": 1}, "seed: 1\n", run_name="search")
-    t.log_artifact(keras_file, "model")
-    uri = t.log_model(keras_file, SHAPE)
-    return t, uri
+from helpers import SHAPE, expected, search_with_model, tracker
 
 
 def test_null_tracker_has_every_method_of_tracker():

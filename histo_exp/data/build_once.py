@@ -9,7 +9,7 @@ import socket
 from collections.abc import Callable
 from pathlib import Path
 
-from histo_exp.locks import held
+from histo_exp.locks import lock_file
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +31,7 @@ def build_folder(final: Path, build: Callable[[Path], None], complete: Callable[
     if complete(final):
         return False
     final.parent.mkdir(parents=True, exist_ok=True)
-    with held(lock_path(final), f"builds {final}", timeout_s):
+    with lock_file(lock_path(final), f"builds {final}", timeout_s):
         if complete(final):
             return False
         _sweep_partials(final)
