@@ -19,10 +19,10 @@ def main(cfg: DictConfig) -> float:
     log.info("config:\n%s", config_yaml(cfg))
     try:
         with one_line_errors():
-            load_settings(cfg)  # a bad value fails here, in seconds, before Keras is even imported
+            settings = load_settings(cfg)  # a bad value fails here, in seconds, before Keras is imported
             from histo_exp.runner import run
 
-            return run(cfg).get("test_auc")
+            return run(cfg, settings).get("test_auc")
     except KeyboardInterrupt as stop:
         log.warning("interrupted (%s): the search and its open trial are marked KILLED in MLflow",
                     stop.args[0] if stop.args else "Ctrl-C")

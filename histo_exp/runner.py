@@ -34,9 +34,10 @@ log = logging.getLogger(__name__)
 logging.getLogger("tensorflow").addFilter(lambda record: "tf.function retracing" not in record.getMessage())
 
 
-def run(cfg: DictConfig) -> dict[str, float]:
-    """Run the configured experiment and return its headline metrics (none for a worker)."""
-    settings = load_settings(cfg)  # every value checked before any data is read or any run is made
+def run(cfg: DictConfig, settings: Settings | None = None) -> dict[str, float]:
+    """Run the configured experiment and return its headline metrics (none for a worker). ``settings``:
+    ``cfg`` already checked (``settings.load``); else it is checked here, before any data or run."""
+    settings = settings or load_settings(cfg)
     keras.utils.set_random_seed(settings.seed)
     out = Path(settings.paths.output_dir)
     out.mkdir(parents=True, exist_ok=True)

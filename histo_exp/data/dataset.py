@@ -13,7 +13,7 @@ import numpy as np
 from histo_exp.data.cache import Cached, ingest
 from histo_exp.data.index import DatasetError, Manifest, index, save_listing
 from histo_exp.data.split import Split, check_splittable, split_once
-from histo_exp.settings import Data
+from histo_exp.settings import Data, check_data
 from histo_exp.settings.fields import build
 from histo_exp.space import to_plain
 
@@ -110,11 +110,6 @@ def data_root(cfg: Data) -> Path:
 
         spec = SyntheticSpec(**vars(cfg.synthetic), seed=cfg.seed)
         return generate(Path(cfg.root), spec, workers=cfg.workers or os.cpu_count() or 1)
-    if not cfg.root:
-        raise DatasetError(
-            "data.root is not set: pass data.root=/path/to/IDC_regular_ps50_idx5 "
-            "(the folder holding <patient_id>/<0|1>/*.png)"
-        )
     return Path(cfg.root)
 
 
@@ -133,6 +128,7 @@ def load(cfg: Data | Mapping, progress: bool = True) -> PatchData:
     """Index, ingest (or reuse the cache) and split the dataset the data settings describe."""
     if isinstance(cfg, Mapping):  # a composed ``data`` group: checked as the runner checks it
         cfg = build(Data, to_plain(cfg), "data")
+        check_data(cfg)
     listings = Path(cfg.cache_dir).expanduser() / "listings"  # a re-run lists no folder that did not change
     manifest: Manifest = index(data_root(cfg), progress=progress, memo=listings)
     log.info("indexed %d patches under %s", len(manifest), manifest.root)

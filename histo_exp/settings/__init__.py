@@ -34,7 +34,7 @@ from histo_exp.settings.schema import (
 from histo_exp.space import check_spec, is_spec
 
 __all__ = ["Bounds", "Data", "Distributed", "Eval", "Paths", "Searchable", "Settings", "Trainer", "Tuner",
-           "check_group", "load", "tuner_arguments"]
+           "HYPERBAND_WITH_FOLDS", "check_data", "check_group", "load", "tuner_arguments"]
 
 
 @dataclass(frozen=True)
@@ -64,28 +64,33 @@ def load(cfg: DictConfig | Mapping[str, Any]) -> Settings:
         if isinstance(plain.get(name), Mapping):
             check_group(plain[name], name, *how)
     settings = build(Settings, plain, "")
-    check_together(settings)
+    check_data(settings.data)
+    if settings.tuner.target.endswith("Hyperband") and settings.tuner.cv_folds != 1:
+        raise UsageError(HYPERBAND_WITH_FOLDS)
     return settings
 
 
-def check_group(node: Mapping[str, Any], where: str, key: str, schemas: Mapping[str, type]) -> dict[str, Any]:
+def check_group(node: Mapping[str, Any], where: str, key: str, schemas: Mapping[str, type]) -> None:
     """A group whose keys depend on its option: checked by that option's schema, else spec by spec."""
     schema = schemas.get(str(node.get(key)))
     if schema is not None:
         build(schema, node, where)
-        return dict(node)
+        return
     for name, value in node.items():
         values = value if isinstance(value, list) else [value]
         for i, one in enumerate(values):
             if isinstance(one, Mapping) and is_spec(one):
                 check_spec(f"{where}.{name}" + (f"[{i}]" if isinstance(value, list) else ""), one)
-    return dict(node)
 
 
-def check_together(settings: Settings) -> None:
-    """What no single value can say: a dataset without its folder, fractions that leave nothing to train
-    on, folds a tuner cannot use."""
-    data, tuner = settings.data, settings.tuner
+HYPERBAND_WITH_FOLDS = ("tuner=hyperband continues a trial from an earlier trial's weights, which with "
+                        "tuner.cv_folds > 1 would carry one fold's training patients into another fold's "
+                        "validation: use tuner=bayesian or tuner=random with patient folds")
+
+
+def check_data(data: Data) -> None:
+    """What no single data value can say: a dataset without its folder, fractions that leave nothing to
+    train on. ``data.dataset.load`` asks the same of a group it is given."""
     if data.synthetic is None and not data.root:
         raise UsageError("data.root is not set: pass data.root=/path/to/IDC_regular_ps50_idx5 "
                          "(the folder holding <patient_id>/<0|1>/*.png)")
@@ -95,10 +100,6 @@ def check_together(settings: Settings) -> None:
     if data.val_fraction + data.test_fraction >= 1.0:
         raise UsageError(f"data.val_fraction + data.test_fraction must be below 1, to leave patients to train on; "
                          f"got {data.val_fraction} + {data.test_fraction}")
-    if tuner.target.endswith("Hyperband") and tuner.cv_folds != 1:
-        raise UsageError("tuner=hyperband continues a trial from an earlier trial's weights, which with "
-                         "tuner.cv_folds > 1 would carry one fold's training patients into another fold's "
-                         "validation: use tuner=bayesian or tuner=random with patient folds")
 
 
 def tuner_arguments(tuner: Tuner) -> dict[str, Any]:

@@ -13,6 +13,7 @@ import keras_tuner as kt
 
 from histo_exp.errors import UsageError
 from histo_exp.evaluation.plots import plot_history
+from histo_exp.settings import HYPERBAND_WITH_FOLDS
 from histo_exp.tracking import NullTracker, Tracker
 from histo_exp.tuning.failures import (
     fail_if_non_finite,
@@ -47,9 +48,7 @@ class TrackedTuner:
 
     def _track(self, tracker: Tracker | None, folds: Sequence[tuple[Any, Any]], role: Role) -> None:
         if folds and isinstance(self, kt.Hyperband):
-            raise UsageError("tuner=hyperband continues a trial from an earlier trial's weights, which with "
-                             "tuner.cv_folds > 1 would carry one fold's training patients into another fold's "
-                             "validation: use tuner=bayesian or tuner=random with patient folds")
+            raise UsageError(HYPERBAND_WITH_FOLDS)
         self.tracker = tracker or NullTracker()
         self.role = role
         self.folds = list(folds)  # (train, validation) batches per patient fold; none: the one split
