@@ -19,14 +19,16 @@ WAIT_S = 2 * 3600.0
 
 
 def build_folder(final: Path, build: Callable[[Path], None], complete: Callable[[Path], bool],
-                 timeout_s: float = WAIT_S) -> bool:
+                 timeout_s: float = WAIT_S, *, damage: Callable[[Path], str | None] | None = None) -> bool:
     """Build ``final`` once: run ``build`` into a private sibling folder, then rename it into place.
 
     Parallel jobs (a multirun, a chief and its workers) may want the same folder at once: a lock
     beside it lets one build while the others wait and then reuse its folder. Returns whether
     this process's copy is the one in place: False when another process built it (a waiter then
     finds it complete and builds nothing). A killed build leaves a ``.partial-<host>-<pid>``
-    folder behind; the next build removes it.
+    folder behind; the next build removes it. With ``damage`` (what is wrong with a ``final``
+    that is there but not complete), such a folder is logged, moved aside and built again;
+    without it, one that is not empty makes the build fail.
     """
     if complete(final):
         return False
@@ -34,6 +36,8 @@ def build_folder(final: Path, build: Callable[[Path], None], complete: Callable[
     with lock_file(lock_path(final), f"builds {final}", timeout_s):
         if complete(final):
             return False
+        if damage is not None and final.exists():
+            _discard(final, damage(final))
         _sweep_partials(final)
         return _build_and_rename(final, build, complete)
 
@@ -63,6 +67,15 @@ def _sweep_partials(final: Path) -> None:
         shutil.rmtree(p, ignore_errors=True)
     log.info("removed %d partial folder(s) of killed builds of %s: %.1f MiB reclaimed",
              len(leftovers), final, reclaimed / 2**20)
+
+
+def _discard(final: Path, why: str) -> None:
+    """Move a damaged ``final`` aside and remove it (call with the lock held). A reader that has its
+    files open keeps them; if the removal is cut short, the next build's sweep finishes it."""
+    log.warning("%s cannot be reused (%s): building it again", final, why)
+    aside = final.with_name(f"{final.name}.partial-{socket.gethostname()}-{os.getpid()}-damaged")
+    final.rename(aside)
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 def _build_and_rename(final: Path, build: Callable[[Path], None], complete: Callable[[Path], bool]) -> bool:

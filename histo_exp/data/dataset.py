@@ -124,6 +124,18 @@ def check_bad_fraction(cached: Cached, total: int, limit: float) -> None:
         )
 
 
+def warn_mostly_padding(cached: Cached, image_size: int) -> None:
+    """Warn when most patches fill under half of the ``image_size`` square: each would be a small
+    patch in a mostly white image (``data.small_patches=pad``), rarely what was meant."""
+    if cached.typical is None or 2 * cached.mostly_padding <= int(cached.usable.sum()):
+        return
+    h, w = cached.typical
+    log.warning("data.image_size=%d is much larger than the patches (typically %dx%d px): %d of them fill "
+                "under half of the image and are padded with white; set data.image_size=%d, or "
+                "data.small_patches=resize to scale them up", image_size, w, h, cached.mostly_padding,
+                max(h, w))
+
+
 def load(cfg: Data | Mapping, progress: bool = True) -> PatchData:
     """Index, ingest (or reuse the cache) and split the dataset the data settings describe."""
     if isinstance(cfg, Mapping):  # a composed ``data`` group: checked as the runner checks it
@@ -146,6 +158,7 @@ def load(cfg: Data | Mapping, progress: bool = True) -> PatchData:
         progress=progress,
     )
     check_bad_fraction(cached, len(manifest), cfg.max_bad_fraction)
+    warn_mostly_padding(cached, cfg.image_size)
     rows = np.flatnonzero(cached.usable)
     if rows.size == 0:
         raise DatasetError(f"none of the {len(manifest)} patches under {manifest.root} could be read")

@@ -6,19 +6,22 @@ import os
 import threading
 from collections import Counter
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as Pending
+from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
 from tqdm import tqdm
 
+from histo_exp import signals
 from histo_exp.data.index import Manifest
 from histo_exp.errors import UsageError
 
 SMALL_PATCH_POLICIES = ("pad", "resize", "drop")
 SLICE = 1024  # patches per task: progress moves often, and a thread never waits long for another
 COLORS = {"rgb": 3, "gray": 1}
+POLL_S = 0.5  # the longest a stop whose raise was lost waits for the decode loop to see it
 
 
 @dataclass
@@ -31,6 +34,15 @@ class Decoded:
     skipped: dict[str, str]  # relative path -> reason
     padded: int = 0
     resized: int = 0
+    sizes: Counter = field(default_factory=Counter)  # (height, width) of the padded patches
+
+    def mostly_padding(self, image_size: int) -> tuple[int, tuple[int, int] | None]:
+        """How many padded patches fill under half of the ``image_size`` square, and the most common
+        (height, width) among them (None when there are none)."""
+        small = {hw: n for hw, n in self.sizes.items() if 2 * hw[0] * hw[1] < image_size * image_size}
+        if not small:
+            return 0, None
+        return sum(small.values()), max(small, key=small.__getitem__)
 
 
 def fit_patch(img: np.ndarray, size: int, small: str) -> tuple[np.ndarray | None, str]:
@@ -87,6 +99,7 @@ def decode(
     each thread hands its slice to ``write(first_row, rows)`` (the cache writes it to its file,
     in parallel and outside the GIL) and ``Decoded.images`` is None; else the rows are gathered
     into a new array. ``workers`` defaults to the number of cores (more only contend for them).
+    A stop (``histo_exp.signals``) ends it within a slice, and no thread writes after it returns.
     """
     check_choices(color, small_patches)
     n = len(manifest)
@@ -99,7 +112,8 @@ def decode(
     full = (image_size, image_size)
     local = threading.local()  # one slice buffer per thread, reused
 
-    def work(lo: int, hi: int) -> Counter:
+    def work(lo: int, hi: int) -> tuple[Counter, Counter]:
+        signals.check()  # a stop: the slices not yet started end at once
         if images is not None:
             rows = images[lo:hi]
         else:
@@ -107,6 +121,7 @@ def decode(
                 local.rows = np.empty((SLICE, *row_shape), dtype=np.uint8)
             rows = local.rows[: hi - lo]
         fitted: Counter = Counter()
+        sizes: Counter = Counter()
         for j, i in enumerate(range(lo, hi)):
             img = _read(root + paths[i], color)
             if img is not None and img.shape[:2] == full:  # nearly every patch: nothing to count
@@ -119,20 +134,53 @@ def decode(
                     f"smaller than {image_size}px (data.small_patches=drop)"
                 continue
             fitted[done] += 1
+            if done == "padded":
+                sizes[img.shape[:2]] += 1
             rows[j] = patch
         usable[lo:hi] = [paths[i] not in skipped for i in range(lo, hi)]
         if write is not None:
             write(lo, rows)
-        return fitted
+        return fitted, sizes
 
     # Contiguous slices: one task per image would cost more than decoding it.
     workers = max(1, workers or os.cpu_count() or 1)
-    bounds = np.unique(np.r_[np.arange(0, n, SLICE), n])
+    fitted, sizes = _run_slices(work, n, workers, progress)
+    return Decoded(images, usable, skipped, padded=fitted["padded"], resized=fitted["resized"], sizes=sizes)
+
+
+def _run_slices(work: Callable[[int, int], tuple[Counter, Counter]], n: int, workers: int,
+                progress: bool) -> tuple[Counter, Counter]:
+    """Run ``work`` on every slice of ``n`` rows in ``workers`` threads; the sums of what it returns.
+
+    On a stop or an error the slices not started are cancelled and the running ones waited for
+    (one slice each): the caller may then close the file they write to.
+    """
+    bounds = np.unique(np.r_[np.arange(0, n, SLICE), n]).tolist()
     fitted: Counter = Counter()
+    sizes: Counter = Counter()
     with ThreadPoolExecutor(max_workers=workers) as pool, tqdm(
         total=n, desc="decode", unit="patch", disable=not progress, mininterval=0.5
     ) as bar:
-        for lo, hi, counts in zip(bounds[:-1], bounds[1:], pool.map(work, bounds[:-1], bounds[1:]), strict=True):
-            fitted += counts
-            bar.update(hi - lo)
-    return Decoded(images, usable, skipped, padded=fitted["padded"], resized=fitted["resized"])
+        try:
+            tasks = [pool.submit(work, lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)]
+            for task, size in zip(tasks, np.diff(bounds).tolist(), strict=True):
+                counts, shapes = _wait(task)
+                fitted += counts
+                sizes += shapes
+                bar.update(size)
+                signals.check()  # a stop in the last slice: no slice is left to start and see it
+        except BaseException:
+            with signals.deferred():  # a stop now must not cut the wait short
+                pool.shutdown(wait=True, cancel_futures=True)
+            raise
+    return fitted, sizes
+
+
+def _wait(task: Future) -> tuple[Counter, Counter]:
+    """The task's result; meanwhile a safe point for a stop every ``POLL_S`` (its own raise may be lost)."""
+    while True:
+        signals.check()
+        try:
+            return task.result(timeout=POLL_S)
+        except Pending:
+            continue

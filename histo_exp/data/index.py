@@ -183,6 +183,38 @@ def _load_listing(path: Path, base: Path) -> Manifest:
                         ignored=meta["ignored"])
 
 
+def images_under(source: Path) -> list[str]:
+    """The images under ``source``, relative and sorted, each file once whatever the tree holds.
+
+    Linked folders are followed (a tree of links picks patients without copying them), but a folder is
+    entered once (a link loop, or a link to a folder inside the tree, is not walked again), and a file
+    reached by two names (a link to it, a folder linked twice) is listed once: under its own path when
+    it lies in the tree, else under the first name found. Only links cost a system call.
+    """
+    top = os.path.realpath(source)
+    entered: set[str] = set()
+    found: dict[str, str] = {}  # real path -> the name it is listed under
+    stack = [(str(source), top)]
+    while stack:
+        folder, real = stack.pop()
+        if real in entered:
+            continue
+        entered.add(real)
+        try:
+            entries = sorted(os.scandir(folder), key=lambda e: e.name)  # the same names, whatever the disk's order
+        except OSError:  # unreadable, or gone meanwhile: as os.walk, skipped
+            continue
+        for entry in entries:
+            target = os.path.realpath(entry.path) if entry.is_symlink() else os.path.join(real, entry.name)
+            if entry.is_dir():
+                stack.append((entry.path, target))
+            elif entry.name.lower().endswith(IMAGE_SUFFIXES):
+                found.setdefault(target, entry.path)
+    inside = top + os.sep
+    return sorted({os.path.relpath(real, top) if real.startswith(inside) else os.path.relpath(path, source)
+                   for real, path in found.items()})
+
+
 def index_files(source: str | os.PathLike) -> Manifest:
     """Any image, or the images under a folder (sorted): patient, x, y and label where the file
     name carries them in the IDC layout, else "" and -1. For prediction, where labels are optional."""
@@ -191,9 +223,7 @@ def index_files(source: str | os.PathLike) -> Manifest:
         root, files = source.parent, [source.name]
     elif source.is_dir():
         root = source
-        files = sorted(str((Path(folder) / name).relative_to(source))  # linked folders too, unlike rglob
-                       for folder, _, names in os.walk(source, followlinks=True) for name in names
-                       if name.lower().endswith(IMAGE_SUFFIXES))
+        files = images_under(source)
     else:
         raise DatasetError(f"input {str(source)!r} is neither a file nor a folder")
     if not files:

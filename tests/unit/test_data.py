@@ -1,5 +1,6 @@
 """Indexing, decoding, splitting and batching of IDC-layout folders."""
 
+import logging
 import shutil
 import time
 from pathlib import Path
@@ -229,3 +230,23 @@ def test_data_on_device_is_a_choice_the_backend_must_allow():
         on_device(images, True)
     with pytest.raises(ValueError, match="auto, true or false"):
         on_device(images, "gpu")
+
+
+def test_an_image_size_far_above_the_patches_warns_once(tiny_root, tmp_path, caplog):
+    """50 px patches padded into 128 px images are mostly white: one warning, on a reuse too; into
+    64 px (61% patch) none."""
+    root = tmp_path / "copy"
+    shutil.copytree(tiny_root, root)
+    for attempt in ("built", "reused"):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="histo_exp.data"):
+            load(data_cfg(root, image_size=128), progress=False)
+        said = [r.getMessage() for r in caplog.records if "much larger than the patches" in r.getMessage()]
+        assert len(said) == 1, (attempt, caplog.text)
+        assert "data.image_size=128" in said[0] and "typically 50x50 px" in said[0] and "240 of them" in said[0]
+        assert "set data.image_size=50" in said[0] and "data.small_patches=resize" in said[0]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="histo_exp.data"):
+        load(data_cfg(root, image_size=64), progress=False)
+        load(data_cfg(root, image_size=128, small_patches="resize"), progress=False)
+    assert "much larger than the patches" not in caplog.text
