@@ -3,25 +3,41 @@
 Writes path, patient, x, y, IDC probability and label (at the model's own threshold) for every
 image; a file that is not a readable image gets a row with an error, not a crash. For images
 named in the IDC layout it also draws one probability map per patient.
+
+Its outputs may sit inside its input (``output=<input>/predictions.csv``): the files it writes are not
+read back as images on the next run. The CSV is written whole (a stop waits for it, a full disk leaves
+none) before any map is drawn, so a stop during the maps keeps every prediction.
 """
 
 from __future__ import annotations
 
 import csv
 import logging
+import os
+import re
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import hydra
 import numpy as np
 from omegaconf import DictConfig
 
+from histo_exp import signals
 from histo_exp.config import CONFIG_DIR, require
 from histo_exp.errors import PathNotFound, UsageError, one_line_errors
+from histo_exp.files import written
+from histo_exp.signals import handle_stops
+
+if TYPE_CHECKING:
+    from histo_exp.data.index import Manifest
 
 log = logging.getLogger("histo_exp.predict")
 USAGE = ("python -m histo_exp.predict model=<best_model.keras, search run id or models:/name@alias> "
          "input=<image, folder or patient tree> [output=predictions.csv]")
+# What ``files.written`` names a file while it is written (``.<stem>.partial-<pid><suffix>``): a run killed
+# outright (SIGKILL, power) may leave one, and it is never an input.
+PARTIAL = re.compile(r"^\..+\.partial-\d+\.[^.]+$")
 
 
 def resolve_model(model: str, tracking_uri: str, scratch: Path) -> Path:
@@ -54,10 +70,49 @@ def check_writable(path: Path, key: str, folder: bool = False) -> None:
                               f"pass {key}=<a path you can write>") from None
 
 
-def write_csv(path: Path, manifest, prob: np.ndarray, usable: np.ndarray, skipped: dict[str, str],
+def _file_id(path: str | Path) -> tuple[int, int] | None:
+    """The file's identity (device, inode) whatever name or link it is reached by; None if not there."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    return info.st_dev, info.st_ino
+
+
+def without_own_outputs(manifest: Manifest, out: Path, maps: Path) -> Manifest:
+    """``manifest`` less the files this command writes: the CSV, the map of each of its patients
+    (``<maps>/<patient>.png``, by identity, so a linked folder does not hide one) and temporary files.
+
+    Only the names an output could have are looked up: a patient tree's patches cost no system call.
+    """
+    targets = [out, *(maps / f"{p}.png" for p in np.unique(manifest.patients) if p)]
+    names = {t.name for t in targets}
+    ids = {i for i in map(_file_id, targets) if i is not None}
+
+    def written_here(rel: str) -> bool:
+        name = rel.rpartition(os.sep)[2]
+        return ((name.startswith(".") and PARTIAL.match(name) is not None)
+                or (name in names and _file_id(manifest.root / rel) in ids))
+
+    own = np.fromiter(map(written_here, manifest.paths), bool, len(manifest))
+    if own.any():
+        log.info("skipped %d files this command wrote (%s, %s)", own.sum(), out.name, maps)
+    if own.all():
+        from histo_exp.data.index import DatasetError
+
+        raise DatasetError(f"no .png/.jpg images under {str(manifest.root)!r} but this command's own "
+                           f"outputs ({out.name}, {maps})")
+    return manifest.subset(~own) if own.any() else manifest
+
+
+def write_csv(path: Path, manifest: Manifest, prob: np.ndarray, usable: np.ndarray, skipped: dict[str, str],
               threshold: float) -> None:
-    """One row per file: its place, IDC probability and label, or why it could not be read."""
-    with path.open("w", newline="") as f:
+    """One row per file: its place, IDC probability and label, or why it could not be read.
+
+    Written whole or not at all, and a stop waits for it (a second or two for the whole dataset):
+    the predictions took minutes, and a half CSV would pass for a whole one.
+    """
+    with signals.deferred(), written(path) as partial, partial.open("w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["path", "patient", "x", "y", "prob_idc", "label", "error"])
         for i, rel in enumerate(manifest.paths):
@@ -77,7 +132,8 @@ def predict_files(cfg: DictConfig) -> Path:
     maps = Path(cfg.maps_dir) if cfg.maps_dir else out.with_name(out.stem + "_maps")
     check_writable(out, "output")
     check_writable(maps, "maps_dir", folder=True)
-    manifest = index_files(cfg.input)
+    manifest = without_own_outputs(index_files(cfg.input), out, maps)
+    signals.check()
     from histo_exp.data.batches import PatchBatches
     from histo_exp.data.decode import decode
     from histo_exp.evaluation.evaluate import predict
@@ -92,6 +148,7 @@ def predict_files(cfg: DictConfig) -> Path:
     threshold = float(meta.get("threshold", 0.5))
     if "threshold" not in meta:
         log.warning("%s carries no histo_exp metadata: using threshold 0.5", path)
+    signals.check()
     decoded = decode(manifest, size, color, "pad", cfg.workers)
     ok = np.flatnonzero(decoded.usable)
     prob = np.full(len(manifest), np.nan)
@@ -116,4 +173,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    handle_stops()
     main()

@@ -1,7 +1,13 @@
-"""Per-patient slide maps rebuilt from patch coordinates: tissue, ground truth, predicted IDC."""
+"""Per-patient slide maps rebuilt from patch coordinates: tissue, ground truth, predicted IDC.
+
+Each map is written whole or not at all, and a stop is acted on between maps: the maps drawn stay,
+and a maps folder the stop left empty is removed (an empty folder reads as "there were no maps").
+"""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
@@ -10,6 +16,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+
+from histo_exp import signals  # noqa: E402
+from histo_exp.files import written  # noqa: E402
 
 STEP = 50  # the dataset's patch grid, in slide pixels
 THUMB = 8  # pixels per patch in the tissue panel
@@ -59,9 +68,12 @@ def plot_patient_map(
     fig.colorbar(shown, ax=axes[0][-1], fraction=0.046, pad=0.04)
     extra = f", threshold {threshold:.2f}" if threshold is not None else ""
     fig.suptitle(f"patient {patient}: {len(prob)} patches{extra}")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    try:
+        fig.tight_layout()
+        with written(path) as partial:
+            fig.savefig(partial)
+    finally:
+        plt.close(fig)  # a stop or a full disk mid-draw leaves no figure open
     return path
 
 
@@ -78,13 +90,28 @@ def patient_maps(patients: np.ndarray, x: np.ndarray, y: np.ndarray, labels: np.
     chosen = names[np.argsort(-counts, kind="stable")][:limit]
     rows = np.arange(len(patients)) if rows is None else np.asarray(rows)
     paths = []
-    for patient in sorted(chosen):
-        mine = np.flatnonzero(patients == patient)
-        known = labels is not None and bool((labels[mine] >= 0).all())
-        folder.mkdir(parents=True, exist_ok=True)
-        paths.append(plot_patient_map(
-            str(patient), x[mine], y[mine], labels[mine] if known else None, prob[mine],
-            folder / f"{patient}.png", images=None if images is None else images[rows[mine]],
-            threshold=threshold,
-        ))
+    with _kept_only_if_used(folder):
+        for patient in sorted(chosen):
+            signals.check()  # a stop whose own raise was lost (histo_exp.signals): at most one map late
+            mine = np.flatnonzero(patients == patient)
+            known = labels is not None and bool((labels[mine] >= 0).all())
+            folder.mkdir(parents=True, exist_ok=True)
+            paths.append(plot_patient_map(
+                str(patient), x[mine], y[mine], labels[mine] if known else None, prob[mine],
+                folder / f"{patient}.png", images=None if images is None else images[rows[mine]],
+                threshold=threshold,
+            ))
     return paths
+
+
+@contextlib.contextmanager
+def _kept_only_if_used(folder: Path) -> Iterator[None]:
+    """Remove ``folder`` if the block made it and fails (a stop, a full disk) before a file lands in it."""
+    made = not folder.exists()
+    try:
+        yield
+    except BaseException:
+        if made:
+            with contextlib.suppress(OSError):  # not empty (a map was drawn), or not there: kept as it is
+                folder.rmdir()
+        raise

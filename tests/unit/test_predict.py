@@ -1,14 +1,23 @@
-"""Prediction in this process: one file, a folder, a patient tree, bad files, the model's own metadata."""
+"""Prediction in this process: one file, a folder, a patient tree, bad files, the model's own metadata;
+its outputs inside its input, a stop during the maps, a full disk."""
 
 import csv
+import errno
+import os
 import shutil
+import signal
+from pathlib import Path
 
 import keras_tuner as kt
+import matplotlib.figure
 import numpy as np
 import pytest
 
+from histo_exp import signals
 from histo_exp.data.decode import decode
-from histo_exp.data.index import index
+from histo_exp.data.index import index, index_files
+from histo_exp.evaluation.maps import patient_maps
+from histo_exp.files import DiskFull
 from histo_exp.model.saving import load_model, read_meta, save_model
 
 from helpers import hypermodel
@@ -95,3 +104,162 @@ def test_one_file_and_bad_files_get_rows_not_crashes(model_path, tiny_root, tmp_
     assert table["good.png"]["error"] == "" and 0 <= float(table["good.png"]["prob_idc"]) <= 1
     assert table["good.png"]["patient"] == ""  # not an IDC-layout name: no patient, no map
     assert not (tmp_path / "m_maps").exists()
+
+
+def leftovers(folder: Path) -> list[str]:
+    """Temporary files (``files.written``) anywhere under ``folder``."""
+    return [str(p) for p in folder.rglob("*.partial-*")]
+
+
+def test_outputs_inside_the_input_are_not_read_back(model_path, tiny_root, tmp_path):
+    """output=<input>/predictions.csv, run twice: the second run reads neither the CSV nor the maps,
+    nor a map reached through a linked folder, nor a temporary file a killed run left."""
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    for patient in ("90001", "90002"):
+        (tree / patient).symlink_to(tiny_root / patient, target_is_directory=True)
+    args = [f"model={model_path}", f"input={tree}", f"output={tree}/predictions.csv"]
+    first = rows(main(args))
+    assert sorted(p.name for p in (tree / "predictions_maps").iterdir()) == ["90001.png", "90002.png"]
+    (tree / "maps_again").symlink_to(tree / "predictions_maps", target_is_directory=True)
+    shutil.copy(tree / "predictions_maps" / "90001.png", tree / ".90001.partial-4242.png")
+    assert rows(main(args)) == first  # 80 rows, none for the command's own files
+    assert len(first) == 80 and all(r["patient"] for r in first)
+
+
+def test_a_stop_during_the_maps_keeps_the_whole_csv_and_no_empty_folder(model_path, tiny_root, tmp_path,
+                                                                        monkeypatch):
+    """A stop in the middle of writing the first map: every prediction is in the CSV, no maps folder,
+    no half-written PNG."""
+    def stopped_mid_write(fig, path, *args, **kwargs):
+        Path(path).write_bytes(b"\x89PNG half")
+        raise signals.Stopped(signal.SIGINT)
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", stopped_mid_write)
+    with pytest.raises(KeyboardInterrupt):
+        main([f"model={model_path}", f"input={tiny_root}", f"output={tmp_path}/p.csv"])
+    assert len(rows(tmp_path / "p.csv")) == 240 and all(r["prob_idc"] for r in rows(tmp_path / "p.csv"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p.csv"]
+
+
+def test_a_stop_whose_raise_was_lost_ends_the_maps_at_the_next_one(tiny_root, tmp_path, monkeypatch):
+    """The handler's own raise can be lost (histo_exp.signals): the stop is acted on before the next
+    map; the map drawn stays, whole."""
+    import histo_exp.evaluation.maps as maps
+
+    m = index(tiny_root)
+    draw = maps.plot_patient_map
+
+    def then_stopped(*args, **kwargs):
+        signals._state.received.append(signal.SIGTERM)  # received, its raise lost
+        return draw(*args, **kwargs)
+
+    monkeypatch.setattr(maps, "plot_patient_map", then_stopped)
+    try:
+        with pytest.raises(signals.Stopped):
+            patient_maps(m.patients, m.x, m.y, m.labels, np.full(len(m), 0.5), 0.5, tmp_path / "maps")
+    finally:
+        signals.reset()
+    assert [p.name for p in (tmp_path / "maps").iterdir()] == ["90001.png"]
+
+
+class FullDisk:
+    """A file that takes ``room`` characters, then fails as a full disk does (ENOSPC), half written."""
+
+    def __init__(self, f, room: int):
+        self.f, self.room = f, room
+
+    def write(self, text):
+        if len(text) > self.room:
+            self.f.write(text[:self.room])
+            self.room = 0
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        self.room -= len(text)
+        return self.f.write(text)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return self.f.__exit__(*exc)
+
+    def __getattr__(self, name):
+        return getattr(self.f, name)
+
+
+def test_a_full_disk_leaves_the_old_csv_and_no_partial_file(model_path, tiny_root, tmp_path, monkeypatch):
+    """ENOSPC in the middle of the CSV: one line naming the folder, the file and the free space; the
+    CSV of the run before is kept as it was, no half file is left, and no map is drawn."""
+    (tmp_path / "p.csv").write_text("the run before\n")
+    real_open = Path.open
+
+    def open_(path, mode="r", *args, **kwargs):
+        f = real_open(path, mode, *args, **kwargs)
+        return FullDisk(f, 500) if "w" in mode and path.suffix == ".csv" else f
+
+    monkeypatch.setattr(Path, "open", open_)
+    with pytest.raises(DiskFull) as err:
+        main([f"model={model_path}", f"input={tiny_root}", f"output={tmp_path}/p.csv"])
+    message = str(err.value)
+    assert "\n" not in message and f"writing p.csv in {tmp_path} (" in message and " free)" in message
+    assert (tmp_path / "p.csv").read_text() == "the run before\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p.csv"]
+
+
+def test_a_stop_while_the_csv_is_written_waits_for_it(tiny_root, tmp_path, monkeypatch):
+    """SIGTERM after the first row: the handler (called as Python calls it) holds the stop back until the
+    CSV is whole, then raises it; the predictions are not lost to a stop one second late."""
+    from histo_exp.predict import write_csv
+
+    m = index(tiny_root)
+    real_open = Path.open
+
+    def open_(path, mode="r", *args, **kwargs):
+        f = real_open(path, mode, *args, **kwargs)
+        if "w" not in mode:
+            return f
+        write = f.write
+
+        def write_then_stop(text):
+            if not signals._state.received:
+                signals._stop(signal.SIGTERM, None)
+            return write(text)
+
+        f.write = write_then_stop
+        return f
+
+    monkeypatch.setattr(Path, "open", open_)
+    try:
+        with pytest.raises(signals.Stopped):
+            write_csv(tmp_path / "p.csv", m, np.full(len(m), 0.5), np.ones(len(m), bool), {}, 0.5)
+    finally:
+        signals.reset()
+    assert len(rows(tmp_path / "p.csv")) == 240 and sorted(p.name for p in tmp_path.iterdir()) == ["p.csv"]
+
+
+def test_a_full_disk_while_drawing_leaves_no_half_map_and_no_empty_folder(tiny_root, tmp_path, monkeypatch):
+    m = index(tiny_root)
+
+    def full(fig, path, *args, **kwargs):
+        Path(path).write_bytes(b"\x89PNG half")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", full)
+    with pytest.raises(DiskFull, match=f"writing 90001.png in {tmp_path / 'maps'} "):
+        patient_maps(m.patients, m.x, m.y, m.labels, np.full(len(m), 0.5), 0.5, tmp_path / "maps")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_walk_lists_each_file_once_whatever_links_the_tree_holds(tiny_root, tmp_path):
+    """A link loop, a linked folder pointing inside the tree and a link to a file: each file once, under
+    its own name. (One loop only: with two, the walk of today branches at every turn and never ends.)"""
+    tree = tmp_path / "tree"
+    names = sorted(p.name for p in (tiny_root / "90001" / "0").iterdir())[:2]
+    for name in names:
+        (tree / "90001" / "0").mkdir(parents=True, exist_ok=True)
+        shutil.copy(tiny_root / "90001" / "0" / name, tree / "90001" / "0" / name)
+    (tree / "90001" / "1").mkdir()
+    (tree / "90001" / "1" / "back").symlink_to("../..", target_is_directory=True)  # the loop
+    (tree / "picked").symlink_to("90001/0", target_is_directory=True)  # a folder inside the tree, again
+    (tree / "90001" / "same.png").symlink_to(f"0/{names[0]}")  # a file, again
+    assert index_files(tree).paths == [f"90001/0/{n}" for n in names]
