@@ -1,14 +1,17 @@
 """``python -m histo_exp [overrides]``: the Hydra entry point, and the only place Hydra runs."""
 
 import logging
+from pathlib import Path
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from histo_exp.config import CONFIG_DIR, config_yaml
 from histo_exp.errors import one_line_errors
+from histo_exp.settings import Settings
 from histo_exp.settings import load as load_settings
-from histo_exp.signals import exit_code, handle_stops
+from histo_exp.signals import handle_stops
 
 log = logging.getLogger("histo_exp")
 
@@ -17,16 +20,26 @@ log = logging.getLogger("histo_exp")
 def main(cfg: DictConfig) -> float:
     """Print the resolved config, run the experiment, return test AUC (for sweepers; None for a worker)."""
     log.info("config:\n%s", config_yaml(cfg))
-    try:
-        with one_line_errors():
-            settings = load_settings(cfg)  # a bad value fails here, in seconds, before Keras is imported
-            from histo_exp.runner import run
+    with one_line_errors():  # a stop ends it too: exit 130 (Ctrl-C) or 143 (SIGTERM)
+        settings = load_settings(cfg)  # a bad value fails here, in seconds, before Keras is imported
+        from histo_exp.runner import run
 
+        try:
             return run(cfg, settings).get("test_auc")
-    except KeyboardInterrupt as stop:
-        log.warning("interrupted (%s): the search and its open trial are marked KILLED in MLflow",
-                    stop.args[0] if stop.args else "Ctrl-C")
-        raise SystemExit(exit_code(stop)) from None
+        except KeyboardInterrupt:
+            say_how_to_resume(settings)
+            raise
+
+
+def say_how_to_resume(settings: Settings) -> None:
+    """The command that resumes a stopped search, when it had begun (a launcher says its own)."""
+    from histo_exp.tuning.resume import resume_command
+    from histo_exp.tuning.search_folder import SearchFolder
+
+    folder = SearchFolder.of(settings.tuner)
+    if folder.role == "lone" and folder.holds_search():
+        log.warning("to resume the search: %s",
+                    resume_command(HydraConfig.get().overrides.task, Path(settings.tuner.directory)))
 
 
 if __name__ == "__main__":

@@ -73,9 +73,14 @@ def exit_code(err: BaseException) -> int | None:
 
 @contextlib.contextmanager
 def one_line_errors() -> Iterator[None]:
-    """Say our own errors (and the machine's: a full disk, a folder we may not write) in one line."""
+    """Say our own errors (and the machine's: a full disk, a folder we may not write) in one line; a stop
+    ends the command with 128 + its signal's number."""
     try:
         yield
+    except KeyboardInterrupt as stop:  # Ctrl-C or SIGTERM (``signals.handle_stops``): exit 130 or 143
+        from histo_exp.signals import say_stopped
+
+        raise SystemExit(say_stopped(stop)) from None
     except Exception as err:
         code = exit_code(err)
         if code is None or os.environ.get("HYDRA_FULL_ERROR") == "1":

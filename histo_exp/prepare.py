@@ -13,6 +13,7 @@ from histo_exp.config import CONFIG_DIR
 from histo_exp.data.dataset import load
 from histo_exp.errors import one_line_errors
 from histo_exp.settings import load as load_settings
+from histo_exp.signals import handle_stops
 
 log = logging.getLogger("histo_exp.prepare")
 
@@ -26,4 +27,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    handle_stops()
     main()

@@ -27,6 +27,7 @@ from histo_exp.settings import load as load_settings
 from histo_exp.tracking import ERROR, NullTracker, Tracker, check_server, ending_runs
 from histo_exp.tuning.failures import SearchFailed, stopped_by_failures
 from histo_exp.tuning.final_model import FinalModel, final_model
+from histo_exp.tuning.resume import resumed, search_space
 from histo_exp.tuning.search_folder import SearchFolder
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,7 @@ def run(cfg: DictConfig, settings: Settings | None = None) -> dict[str, float]:
     """Run the configured experiment and return its headline metrics (none for a worker). ``settings``:
     ``cfg`` already checked (``settings.load``); else it is checked here, before any data or run."""
     settings = settings or load_settings(cfg)
+    settings = resumed(settings, SearchFolder.of(settings.tuner))  # a resume that cannot go on fails before any data
     keras.utils.set_random_seed(settings.seed)
     out = Path(settings.paths.output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -54,6 +56,7 @@ def run(cfg: DictConfig, settings: Settings | None = None) -> dict[str, float]:
         with folder.led():
             tracker = build.tracker(settings)
             tuner = build.tuner(settings, data, tracker, folder)
+            folder.save_space(search_space(settings))
             record.open_search_run(cfg, settings, tracker, folder)
             with ending_runs(tracker):
                 tracker.log_dataset(settings.data.name, data.fingerprint, str(data.root), data.profile())

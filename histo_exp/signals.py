@@ -1,36 +1,76 @@
-"""Ctrl-C and a scheduler's stop (SIGTERM, as `timeout`, Slurm and Kubernetes send) end a run the same
-clean way: its MLflow runs are marked KILLED and the process exits with 128 + the signal's number."""
+"""Ctrl-C and a scheduler's stop (SIGTERM, as `timeout`, Slurm and Kubernetes send) end every command the
+same clean way: open MLflow runs are marked KILLED and the process exits with 128 + the signal's number.
+
+A stop is never lost. The handler records it and raises ``Stopped`` where the process is; Python drops an
+exception raised while it runs a garbage-collection or weakref callback, so the stop stays recorded and
+the next safe point (``check``: every batch of a fit, each trial's start and end, each file of a loop)
+raises it again. A second signal ends the process at once: what it could not close is left for the
+resume, and it says so.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import signal
+import sys
 import threading
 from collections.abc import Iterator
 from typing import Any
 
+STOPS = (signal.SIGINT, signal.SIGTERM)
+
 
 class Stopped(KeyboardInterrupt):
-    """SIGTERM, raised where the process is, so every ``except KeyboardInterrupt`` cleans up for it too."""
+    """A stop signal, raised where the process is, so every ``except KeyboardInterrupt`` cleans up for it."""
 
     def __init__(self, signum: int) -> None:
         super().__init__(signal.Signals(signum).name)
         self.signum = signum
 
 
+class _State:
+    """The stops this process has received, and whether a block holds them back (``deferred``)."""
+
+    def __init__(self) -> None:
+        self.received: list[int] = []
+        self.held = 0
+        self.raised = False  # the stop reached the command's top (``stopping``): cleaning up, not lost
+
+
+_state = _State()
+
+
 def _stop(signum: int, frame: Any) -> None:
-    raise Stopped(signum)
+    if _state.received:
+        os.write(2, f"\n{signal.Signals(signum).name} again: exiting now without closing its runs; "
+                 "resuming the search closes them (marked KILLED) and retries the open trial\n".encode())
+        os._exit(128 + signum)
+    _state.received.append(signum)
+    if not _state.held:
+        raise Stopped(signum)
 
 
 def handle_stops() -> None:
-    """Turn SIGINT and SIGTERM into ``KeyboardInterrupt`` (``Stopped`` for SIGTERM) in this process.
+    """Install the handling for SIGINT and SIGTERM in this process (every command's ``__main__`` does).
 
     A shell that starts a job in the background leaves SIGINT ignored (and so it would be in the
-    children); Ctrl-C must still end the run cleanly.
+    children); Ctrl-C must still end the run cleanly, so SIGINT is handled whatever it was.
     """
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, _stop)
+    for sig in STOPS:
+        signal.signal(sig, _stop)
+
+
+def pending() -> int | None:
+    """The stop received and not yet acted on, if any."""
+    return _state.received[0] if _state.received and not _state.raised else None
+
+
+def check() -> None:
+    """A safe point: raise the stop received since, if its own raise was lost (or held back)."""
+    signum = pending()
+    if signum is not None and not _state.held:
+        raise Stopped(signum)
 
 
 def exit_code(interrupt: KeyboardInterrupt) -> int:
@@ -38,23 +78,39 @@ def exit_code(interrupt: KeyboardInterrupt) -> int:
     return 128 + getattr(interrupt, "signum", signal.SIGINT)
 
 
+def stopping() -> None:
+    """The command is ending for the stop: later safe points let its cleanup run."""
+    _state.raised = True
+
+
+def reset() -> None:
+    """Forget received stops (a test that sends one and goes on in the same process)."""
+    _state.received.clear()
+    _state.held = 0
+    _state.raised = False
+
+
 @contextlib.contextmanager
 def deferred() -> Iterator[None]:
-    """Hold SIGINT and SIGTERM back until the block is done, then deliver the first one.
+    """Hold a stop back until the block is done, then raise it.
 
     For a step that must not be cut in two: a run made in the store whose id the process has not
     yet kept would never be closed (a Ctrl-C there left a trial run RUNNING for ever).
     """
-    if threading.current_thread() is not threading.main_thread():  # handlers live in the main thread
+    if threading.current_thread() is not threading.main_thread():  # handlers run in the main thread
         yield
         return
-    caught: list[int] = []
-    previous = {sig: signal.signal(sig, lambda signum, frame: caught.append(signum))
-                for sig in (signal.SIGINT, signal.SIGTERM)}
+    _state.held += 1
     try:
         yield
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-        if caught:
-            os.kill(os.getpid(), caught[0])  # raised by the restored handler, as if it came now
+        _state.held -= 1
+    check()
+
+
+def say_stopped(interrupt: KeyboardInterrupt, what: str = "") -> int:
+    """One line on stderr for a stopped command; its exit code (128 + the signal's number)."""
+    stopping()
+    name = interrupt.args[0] if interrupt.args else "Ctrl-C"
+    print(f"stopped ({name}){': ' + what if what else ''}", file=sys.stderr, flush=True)
+    return exit_code(interrupt)

@@ -14,6 +14,7 @@ from omegaconf import DictConfig
 
 from histo_exp.config import CONFIG_DIR, require
 from histo_exp.errors import one_line_errors
+from histo_exp.signals import handle_stops
 from histo_exp.tuning.trials import from_run, from_tuner_dir, trials_csv
 
 USAGE = "python -m histo_exp.trials source=<search run id | tuner folder> [csv=trials.csv]"
@@ -40,4 +41,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    handle_stops()
     main()

@@ -44,8 +44,9 @@ class RecordingTracker(Tracker):
     def set_tags(self, tags: Mapping[str, str]) -> None:
         self.search_tags |= dict(tags)
 
-    def end_search(self, status: str) -> None:
+    def end_search(self, status: str) -> list[str]:
         self.search_status = status
+        return ["search run"]
 
 
 class ListOracle(kt.Oracle):

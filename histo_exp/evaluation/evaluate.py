@@ -20,6 +20,7 @@ from histo_exp.evaluation.metrics import (
     metrics_table,
 )
 from histo_exp.evaluation.plots import plot_confusion, plot_pr, plot_roc
+from histo_exp.model.stop_check import StopCheck
 from histo_exp.settings import Eval
 
 log = logging.getLogger(__name__)
@@ -38,7 +39,7 @@ class Evaluation:
 
 def predict(model: keras.Model, batches: PatchBatches, patients: np.ndarray | None = None) -> Scores:
     """IDC-class probabilities for every patch of ``batches`` (which must not shuffle)."""
-    prob = model.predict(batches, verbose=0)[:, 1]
+    prob = model.predict(batches, verbose=0, callbacks=[StopCheck()])[:, 1]
     return Scores(batches.targets.astype(int), prob.astype(float),
                   None if patients is None else patients[batches.indices])
 

@@ -20,6 +20,7 @@ from sklearn.utils.class_weight import compute_class_weight
 from histo_exp.errors import UsageError
 from histo_exp.model.augment import input_layers
 from histo_exp.model.cnn import IdcAUC, max_blocks
+from histo_exp.model.stop_check import StopCheck
 from histo_exp.space import sample, to_plain
 
 log = logging.getLogger(__name__)
@@ -130,7 +131,7 @@ class SpaceHyperModel(kt.HyperModel):
         kwargs.setdefault("epochs", self.epochs)
         kwargs.setdefault("steps_per_epoch", self.steps_per_epoch)
         kwargs.setdefault("class_weight", self.class_weight)
-        callbacks = [*kwargs.get("callbacks", []), keras.callbacks.TerminateOnNaN()]
+        callbacks = [*kwargs.get("callbacks", []), keras.callbacks.TerminateOnNaN(), StopCheck()]
         if self.early_stopping_patience:
             callbacks.append(keras.callbacks.EarlyStopping(monitor="val_auc", mode="max",
                                                            patience=self.early_stopping_patience))

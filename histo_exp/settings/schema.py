@@ -74,7 +74,7 @@ class Distributed:
     timeout_s: float = bounded(0.0, lo_open=True)
 
 
-TUNER_ONLY = ("cv_folds", "cv_auto_folds", "cv_auto_max_patients", "distributed")  # the runner's, not KerasTuner's
+TUNER_ONLY = ("cv_folds", "cv_auto_folds", "cv_auto_max_patients", "distributed", "resume_space")  # the runner's, not KerasTuner's
 
 
 @dataclass(frozen=True)
@@ -84,6 +84,7 @@ class Tuner:
     directory: str
     project_name: str
     overwrite: bool
+    resume_space: Literal["check", "saved"]
     distributed: Distributed
     seed: int = bounded(0, 2**32 - 1)
     max_consecutive_failed_trials: int = bounded(1)

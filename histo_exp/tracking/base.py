@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
+
+from histo_exp.signals import stopping
+
+log = logging.getLogger(__name__)
 
 ROLE = "histo_exp.role"
 ERROR = "histo_exp.error"
@@ -83,8 +88,9 @@ class Tracker:
         """Add the logged model to the registry; the new version, or None."""
         return None
 
-    def end_search(self, status: str) -> None:
-        """Close the open runs with ``status``."""
+    def end_search(self, status: str) -> list[str]:
+        """Close the open runs with ``status``; the runs it closed, in words."""
+        return []
 
     def send_unsent(self, folders: Iterable[Path]) -> None:
         """Send what earlier runs in ``folders`` kept while the store was away."""
@@ -106,9 +112,12 @@ def ending_runs(tracker: Tracker) -> Iterator[None]:
         yield
         status = "FINISHED"
     except KeyboardInterrupt:
+        stopping()  # cleaning up now: the stop reached here, safe points let the runs be closed
         status = "KILLED"
         raise
     finally:
-        tracker.end_search(status)
+        ended = tracker.end_search(status)
+        if status == "KILLED":
+            log.warning("marked KILLED in MLflow: %s", " and ".join(ended) if ended else "no run was open")
 
 

@@ -180,13 +180,17 @@ class MlflowTracker(Tracker):
         return self.writer.write(writes.register(self.registered_model_name, self.model_id, self.search_run_id,
                                                  val_auc, fingerprint))
 
-    def end_search(self, status: str) -> None:
+    def end_search(self, status: str) -> list[str]:
         self._reconnect()
+        ended = []
         if self.trial_run_id:
+            ended.append(f"trial run {self.trial_run_id}")
             self.end_trial(status, {})
         if self.search_run_id and self._owner:
             self.monitors.unwatch(self.search_run_id)
             self.writer.write(writes.set_status(self.search_run_id, status))
+            ended.append(f"search run {self.search_run_id}")
+        return ended
 
     def send_unsent(self, folders: Iterable[Path]) -> None:
         """Send what earlier processes of this search kept while the store was away (on resume),

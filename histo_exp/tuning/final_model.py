@@ -21,6 +21,7 @@ from histo_exp.evaluation.evaluate import predict
 from histo_exp.evaluation.metrics import Scores
 from histo_exp.model.ensemble import average_models, with_tta
 from histo_exp.model.hypermodel import balanced_weights
+from histo_exp.model.stop_check import StopCheck
 from histo_exp.settings import Eval, Trainer
 from histo_exp.tuning.failures import is_scored, search_failed
 from histo_exp.tuning.fold_files import fold_checkpoint, read_fold_results
@@ -100,7 +101,7 @@ def refit_model(tuner: kt.Tuner, trial: kt.engine.trial.Trial, data: PatchData, 
     model = hypermodel.build(trial.hyperparameters)
     model.fit(PatchBatches(data.images, data.labels, rows, trainer.batch_size, shuffle=True, seed=seed,
                            workers=trainer.loader_workers),
-              epochs=epochs, class_weight=weights, verbose=trainer.verbose,
+              epochs=epochs, class_weight=weights, verbose=trainer.verbose, callbacks=[StopCheck()],
               steps_per_epoch=hypermodel.steps_per_epoch)
     return model
 

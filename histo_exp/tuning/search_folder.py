@@ -8,6 +8,8 @@ trials; a *lone* process does both). Beside KerasTuner's files the folder holds:
   chief's run and a resumed search goes on in the run it began in;
 - ``histo_exp_outputs.txt``: the output folder of every process that worked on it, so a resume finds
   the MLflow writes any of them kept while the store was away;
+- ``histo_exp_space.json``: the search space it was begun with, so a resume with another space is
+  refused rather than recording trials under hyperparameters their models were not built with;
 - ``.<project>.lock`` (beside it): held by the one process that leads the search.
 """
 
@@ -24,15 +26,17 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 from unittest import mock
 
 from histo_exp.errors import EnvironmentFault, WaitedTooLong
+from histo_exp.files import write_text
 from histo_exp.settings import Tuner
 
 log = logging.getLogger(__name__)
 
 RUN_FILE = "histo_exp_run.json"
+SPACE_FILE = "histo_exp_space.json"
 OUTPUTS = "histo_exp_outputs.txt"
 Role = Literal["lone", "chief", "worker"]
 
@@ -107,6 +111,23 @@ class SearchFolder:
         own = self.path / f"{os.environ.get('KERASTUNER_TUNER_ID', 'tuner0')}.json"
         if not own.exists():
             own.write_text("{}")
+
+    def holds_search(self) -> bool:
+        """Whether a search was begun here (KerasTuner's oracle state is saved)."""
+        return (self.path / "oracle.json").exists()
+
+    def saved_space(self) -> dict[str, Any] | None:
+        """The search space the search was begun with; None for a search begun before it was recorded."""
+        try:
+            return json.loads((self.path / SPACE_FILE).read_text())
+        except FileNotFoundError:
+            return None
+
+    def save_space(self, space: dict[str, Any]) -> None:
+        """Record the space of a search begun now (a resumed one keeps the record it has)."""
+        if self.role != "worker" and self.saved_space() is None:
+            self.path.mkdir(parents=True, exist_ok=True)
+            write_text(self.path / SPACE_FILE, json.dumps(space, indent=1, sort_keys=True))
 
     def record_run(self, run_id: str, tracking_uri: str) -> None:
         """Write the search run's id into the folder (atomically: workers poll for it)."""

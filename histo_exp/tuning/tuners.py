@@ -10,10 +10,13 @@ from pathlib import Path
 from typing import Any
 
 import keras_tuner as kt
+from keras_tuner.src import config as kt_config
 
 from histo_exp.errors import UsageError
 from histo_exp.evaluation.plots import plot_history
+from histo_exp.log_file import file_log
 from histo_exp.settings import HYPERBAND_WITH_FOLDS
+from histo_exp.signals import check
 from histo_exp.tracking import NullTracker, Tracker
 from histo_exp.tuning.failures import (
     fail_if_non_finite,
@@ -29,6 +32,7 @@ from histo_exp.tuning.search_folder import Role
 from histo_exp.tuning.trials import format_hparams
 
 log = logging.getLogger(__name__)
+kt_config.DEBUG = False  # else KerasTuner prints each failed trial's traceback: ``report_trial`` says it in one line
 
 STATUS = {"COMPLETED": "FINISHED", "FAILED": "FAILED", "INVALID": "FAILED", "STOPPED": "KILLED"}
 
@@ -90,6 +94,7 @@ class TrackedTuner:
         self.oracle.verbose = 0  # our own trial lines replace KerasTuner's tables; fit keeps its bar
 
     def on_trial_begin(self, trial: kt.engine.trial.Trial) -> None:
+        check()  # a stop whose raise was lost between trials ends the search before a new run is made
         super().on_trial_begin(trial)
         self.histories = []
         limit = self.oracle.max_trials
@@ -116,6 +121,7 @@ class TrackedTuner:
             raise
         finally:
             self.report_trial(trial)
+        check()
 
     def report_trial(self, trial: kt.engine.trial.Trial) -> None:
         """Close the trial's run (FAILED with the reason, or FINISHED with its score) and log its line."""
@@ -139,6 +145,8 @@ class TrackedTuner:
             line += f" (best so far {best[0].score:.4f}, trial {best[0].trial_id})"
         log.log(logging.INFO if score is not None else logging.WARNING, "%s  [%s]", line,
                 format_hparams(trial.hyperparameters.values))
+        if score is None and trial.message:
+            file_log.info("trial %s: %s", trial.trial_id, trial.message.strip())
 
 
 class BayesianOptimization(TrackedTuner, kt.BayesianOptimization):

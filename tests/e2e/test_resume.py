@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import signal
 import subprocess
 import sys
@@ -22,9 +23,15 @@ def test_a_stopped_search_resumes_without_repeating_trials(tmp_path, cache_dir):
     does (the launcher's test sends that); rerun with the same tuner folder: trial 0 is not run again,
     trial 1 is retried (its interrupted run stays KILLED), and the same MLflow search run finishes."""
     args = [sys.executable, "-m", "histo_exp", *TINY, "tuner.max_trials=2", "trainer.epochs=25",
-            "trainer.early_stopping_patience=null", f"tuner.directory={tmp_path}/search"]
+            "trainer.early_stopping_patience=null", f"hydra.run.dir={tmp_path}/first"]
     code, first = signal_in_trial(args, tmp_path, cache_dir, "trial 1 of at most 2", signal.SIGTERM)
-    assert code == 143 and "interrupted (SIGTERM)" in first, first[-3000:]
+    assert code == 143 and "stopped (SIGTERM)" in first, first[-3000:]
+    assert "marked KILLED in MLflow: trial run" in first
+    # The message gives the command that resumes it: the same overrides, with the run's tuner folder.
+    said = next(line for line in first.splitlines() if "to resume the search: " in line)
+    resume = shlex.split(said.split("to resume the search: ", 1)[1])
+    assert resume[:3] == ["python", "-m", "histo_exp"] and resume[-1] == f"tuner.directory={tmp_path}/first"
+    args = [sys.executable, *resume[1:]]
     _, search, trials = runs(tmp_path)
     assert [r.info.status for r in search] == ["KILLED"]
     assert sorted((t.data.tags["histo_exp.trial_id"], t.info.status) for t in trials) == [
@@ -46,7 +53,7 @@ def test_a_stopped_search_resumes_without_repeating_trials(tmp_path, cache_dir):
     assert [t.info.status for t in trials if t.info.run_id == killed] == ["KILLED"]
     retry = next(t for t in trials if t.data.tags["histo_exp.trial_id"] == "1" and t.info.status == "FINISHED")
     assert retry.data.tags["histo_exp.retry_of"] == killed
-    oracle = json.loads((tmp_path / "search" / "tuner" / "oracle.json").read_text())
+    oracle = json.loads((tmp_path / "first" / "tuner" / "oracle.json").read_text())
     assert oracle["ongoing_trials"] == {} and sorted(oracle["end_order"]) == ["0", "1"]
 
     fresh = subprocess.run([*quick, "tuner.overwrite=true", "tuner.max_trials=1"], cwd=tmp_path,
@@ -57,7 +64,7 @@ def test_a_stopped_search_resumes_without_repeating_trials(tmp_path, cache_dir):
     new = [r for r in search_final if r.info.run_id != search[0].info.run_id]
     assert len(new) == 1 and new[0].info.status == "FINISHED" and "histo_exp.resumed" not in new[0].data.tags
     assert sum(t.data.tags["mlflow.parentRunId"] == new[0].info.run_id for t in trials_final) == 1
-    assert len(list((tmp_path / "search" / "tuner").glob("trial_*"))) == 1
+    assert len(list((tmp_path / "first" / "tuner").glob("trial_*"))) == 1
 
 
 def test_after_a_kill_the_resume_closes_the_orphaned_trial_run(tmp_path, cache_dir):
@@ -65,7 +72,7 @@ def test_after_a_kill_the_resume_closes_the_orphaned_trial_run(tmp_path, cache_d
     run and the search finishes."""
     stop = signal.SIGKILL
     args = [sys.executable, "-m", "histo_exp", *TINY, "tuner.max_trials=1", "trainer.epochs=25",
-            "trainer.early_stopping_patience=null", f"tuner.directory={tmp_path}/search"]
+            "trainer.early_stopping_patience=null", f"hydra.run.dir={tmp_path}/search"]
     code, first = signal_in_trial(args, tmp_path, cache_dir, "trial 0 of at most 1", stop)
     _, search, trials = runs(tmp_path)
     assert code == -signal.SIGKILL
