@@ -111,7 +111,7 @@ def test_a_deferred_block_finishes_and_then_the_stop_is_raised(lost_stop):
     assert steps == ["run created and kept"]
 
 
-def test_a_lost_stop_ends_a_search_before_its_next_trial_makes_a_run(lost_stop):
+def test_a_lost_stop_ends_a_search_before_its_next_trial_makes_a_run(lost_stop, tmp_path):
     import keras_tuner as kt
 
     from histo_exp.tuning.tuners import RandomSearch
@@ -120,7 +120,7 @@ def test_a_lost_stop_ends_a_search_before_its_next_trial_makes_a_run(lost_stop):
 
     tracker = RecordingTracker()
     tuner = RandomSearch(ScriptedHyperModel([0.5]), objective=kt.Objective("val_auc", "max"), max_trials=2,
-                         directory=None, overwrite=True, tracker=tracker)
+                         directory=str(tmp_path), overwrite=True, tracker=tracker)
     with pytest.raises(Stopped):
         tuner.on_trial_begin(tuner.oracle.create_trial("tuner0"))
     assert tracker.trials == []
