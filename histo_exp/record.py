@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 from pathlib import Path
 
 import keras_tuner as kt
 from omegaconf import DictConfig, OmegaConf
 
+from histo_exp import files
 from histo_exp.config import config_yaml
 from histo_exp.data.dataset import PatchData
 from histo_exp.evaluation.evaluate import Evaluation
@@ -56,11 +56,8 @@ def log_results(settings: Settings, data: PatchData, final: FinalModel, tuner: k
     for path in result.maps:
         tracker.log_artifact(path, "maps")
     trials = out / "trials.csv"  # the same table as `python -m histo_exp.trials source=<tuner folder>`
-    trials.write_text(trials_csv(from_tuner_dir(Path(tuner.project_dir))))
-    tracker.log_artifact(trials)
-    split_csv = out / "split.csv"
-    split_csv.write_text(data.split_table())
-    tracker.log_artifact(split_csv)
+    tracker.log_artifact(files.write_text(trials, trials_csv(from_tuner_dir(Path(tuner.project_dir)))))
+    tracker.log_artifact(files.write_text(out / "split.csv", data.split_table()))
     if data.skipped:
         tracker.log_artifact(data.cache / "skipped.tsv")
     log.info("best trial %s: %s=%.4f  [%s]\n%s", trial.trial_id, tuner.oracle.objective.name, trial.score,
@@ -88,5 +85,5 @@ def plots(result: Evaluation, tuner: kt.Tuner, best: kt.engine.trial.Trial, out:
         out / "trials.png")]
     curves = Path(tuner.get_trial_dir(best.trial_id)) / "training_curves.png"
     if curves.exists():  # drawn by whichever process ran the trial
-        drawn.append(Path(shutil.copy(curves, out / "training_curves.png")))
+        drawn.append(files.copy(curves, out / "training_curves.png"))
     return drawn

@@ -24,9 +24,9 @@ from histo_exp.data.device import on_device
 from histo_exp.evaluation.evaluate import evaluate
 from histo_exp.settings import Settings
 from histo_exp.settings import load as load_settings
-from histo_exp.tracking import ERROR, NullTracker, Tracker, check_server, ending_runs
-from histo_exp.tuning.failures import SearchFailed, stopped_by_failures
-from histo_exp.tuning.final_model import FinalModel, final_model
+from histo_exp.tracking import NullTracker, Tracker, check_server, ending_runs
+from histo_exp.tuning.failures import stopped_by_failures
+from histo_exp.tuning.final_model import final_model
 from histo_exp.tuning.resume import resumed, search_space
 from histo_exp.tuning.search_folder import SearchFolder
 
@@ -61,7 +61,8 @@ def run(cfg: DictConfig, settings: Settings | None = None) -> dict[str, float]:
             with ending_runs(tracker):
                 tracker.log_dataset(settings.data.name, data.fingerprint, str(data.root), data.profile())
                 search(settings, data, tuner)
-                final = choose_final_model(settings, data, tuner, tracker)
+                final = final_model(tuner, data, [val.indices for _, val in tuner.folds], settings.eval,
+                                    settings.trainer, settings.seed)  # SearchFailed if no trial succeeded
                 log.info(final.description)
                 result = evaluate(final.test_model, final.val, data, settings.eval, out, settings.seed)
                 metrics = record.log_results(settings, data, final, tuner, result, tracker, out)
@@ -69,16 +70,6 @@ def run(cfg: DictConfig, settings: Settings | None = None) -> dict[str, float]:
     if data.skipped:
         log.warning("%d files were skipped (listed in %s)", len(data.skipped), data.cache / "skipped.tsv")
     return metrics
-
-
-def choose_final_model(settings: Settings, data: PatchData, tuner: kt.Tuner, tracker: Tracker) -> FinalModel:
-    """The model the search ends with; a search none of whose trials succeeded says why on its run, and stops."""
-    try:
-        return final_model(tuner, data, [val.indices for _, val in tuner.folds], settings.eval, settings.trainer,
-                           settings.seed)
-    except SearchFailed as failed:
-        tracker.set_tags({ERROR: str(failed)})
-        raise
 
 
 def train_trials(settings: Settings, data: PatchData, folder: SearchFolder) -> dict[str, float]:

@@ -36,13 +36,14 @@ class _State:
         self.received: list[int] = []
         self.held = 0
         self.raised = False  # the stop reached the command's top (``stopping``): cleaning up, not lost
+        self.command = False  # ``handle_stops`` ran: a command, which a second stop ends at once
 
 
 _state = _State()
 
 
 def _stop(signum: int, frame: Any) -> None:
-    if _state.received:
+    if _state.received and _state.command:
         os.write(2, f"\n{signal.Signals(signum).name} again: exiting now without closing its runs; "
                  "resuming the search closes them (marked KILLED) and retries the open trial\n".encode())
         os._exit(128 + signum)
@@ -57,6 +58,8 @@ def handle_stops() -> None:
     A shell that starts a job in the background leaves SIGINT ignored (and so it would be in the
     children); Ctrl-C must still end the run cleanly, so SIGINT is handled whatever it was.
     """
+    reset()
+    _state.command = True
     for sig in STOPS:
         signal.signal(sig, _stop)
 
@@ -85,9 +88,7 @@ def stopping() -> None:
 
 def reset() -> None:
     """Forget received stops (a test that sends one and goes on in the same process)."""
-    _state.received.clear()
-    _state.held = 0
-    _state.raised = False
+    _state.__init__()
 
 
 @contextlib.contextmanager
@@ -100,11 +101,15 @@ def deferred() -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():  # handlers run in the main thread
         yield
         return
+    # Ours for the block, whatever was installed (a library caller's own, Python's default).
+    previous = {sig: signal.signal(sig, _stop) for sig in STOPS}
     _state.held += 1
     try:
         yield
     finally:
         _state.held -= 1
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     check()
 
 

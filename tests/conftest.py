@@ -18,6 +18,15 @@ from histo_exp.data.synthetic import SyntheticSpec, generate
 from helpers import cli_env
 
 
+@pytest.fixture(autouse=True)
+def no_stop_left_over():
+    """A test that stops a search in this process must not leave the stop to the next test."""
+    yield
+    from histo_exp import signals
+
+    signals.reset()
+
+
 @pytest.fixture(scope="session")
 def cache_dir(tmp_path_factory) -> Path:
     """One data cache for the whole session, so synthetic sets are made once."""

@@ -44,8 +44,10 @@ class RecordingTracker(Tracker):
     def set_tags(self, tags: Mapping[str, str]) -> None:
         self.search_tags |= dict(tags)
 
-    def end_search(self, status: str) -> list[str]:
+    def end_search(self, status: str, error: str | None = None) -> list[str]:
         self.search_status = status
+        if error:
+            self.search_tags["histo_exp.error"] = error
         return ["search run"]
 
 

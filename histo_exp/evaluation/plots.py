@@ -13,12 +13,17 @@ import numpy as np  # noqa: E402
 from sklearn.metrics import confusion_matrix, precision_recall_curve, roc_curve  # noqa: E402
 
 from histo_exp.evaluation.metrics import Scores, binary_metrics  # noqa: E402
+from histo_exp.files import written  # noqa: E402
 
 
 def _save(fig, path: Path) -> Path:
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    """Write the figure whole or not at all, and free it either way."""
+    try:
+        fig.tight_layout()
+        with written(path) as partial:
+            fig.savefig(partial)
+    finally:
+        plt.close(fig)
     return path
 
 

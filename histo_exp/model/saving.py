@@ -9,14 +9,18 @@ from pathlib import Path
 
 import keras
 
+from histo_exp.files import written
+
 META = "histo_exp.json"  # stored inside the .keras zip
 
 
 def save_model(model: keras.Model, path: Path, meta: Mapping) -> Path:
-    """Save the model and put ``meta`` (image size, colour, threshold) inside the .keras file."""
-    model.save(path)
-    with zipfile.ZipFile(path, "a") as z:
-        z.writestr(META, json.dumps(dict(meta), indent=1))
+    """Save the model and put ``meta`` (image size, colour, threshold) inside the .keras file: whole, or
+    no file at all (a full disk left a truncated archive that ``predict`` misread)."""
+    with written(path) as partial:
+        model.save(partial)
+        with zipfile.ZipFile(partial, "a") as z:
+            z.writestr(META, json.dumps(dict(meta), indent=1))
     return path
 
 

@@ -8,6 +8,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from histo_exp.errors import HistoExpError
 from histo_exp.signals import stopping
 
 log = logging.getLogger(__name__)
@@ -88,8 +89,8 @@ class Tracker:
         """Add the logged model to the registry; the new version, or None."""
         return None
 
-    def end_search(self, status: str) -> list[str]:
-        """Close the open runs with ``status``; the runs it closed, in words."""
+    def end_search(self, status: str, error: str | None = None) -> list[str]:
+        """Close the open runs with ``status`` (and ``error``, why the search failed); the runs it closed, in words."""
         return []
 
     def send_unsent(self, folders: Iterable[Path]) -> None:
@@ -106,8 +107,9 @@ class NullTracker(Tracker):
 
 @contextlib.contextmanager
 def ending_runs(tracker: Tracker) -> Iterator[None]:
-    """End the open runs FINISHED, KILLED (Ctrl-C) or FAILED, whichever way the block ends."""
-    status = "FAILED"
+    """End the open runs FINISHED, KILLED (Ctrl-C) or FAILED, whichever way the block ends; metrics logged
+    before a failure stay on the run."""
+    status, error = "FAILED", None
     try:
         yield
         status = "FINISHED"
@@ -115,8 +117,11 @@ def ending_runs(tracker: Tracker) -> Iterator[None]:
         stopping()  # cleaning up now: the stop reached here, safe points let the runs be closed
         status = "KILLED"
         raise
+    except HistoExpError as err:  # said in one line: the same line on the run (a full disk, no trial kept)
+        error = str(err)
+        raise
     finally:
-        ended = tracker.end_search(status)
+        ended = tracker.end_search(status, error)
         if status == "KILLED":
             log.warning("marked KILLED in MLflow: %s", " and ".join(ended) if ended else "no run was open")
 

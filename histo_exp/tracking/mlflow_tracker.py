@@ -180,7 +180,7 @@ class MlflowTracker(Tracker):
         return self.writer.write(writes.register(self.registered_model_name, self.model_id, self.search_run_id,
                                                  val_auc, fingerprint))
 
-    def end_search(self, status: str) -> list[str]:
+    def end_search(self, status: str, error: str | None = None) -> list[str]:
         self._reconnect()
         ended = []
         if self.trial_run_id:
@@ -188,6 +188,8 @@ class MlflowTracker(Tracker):
             self.end_trial(status, {})
         if self.search_run_id and self._owner:
             self.monitors.unwatch(self.search_run_id)
+            if error:
+                self.set_tags({ERROR: error})
             self.writer.write(writes.set_status(self.search_run_id, status))
             ended.append(f"search run {self.search_run_id}")
         return ended

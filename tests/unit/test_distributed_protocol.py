@@ -62,7 +62,7 @@ def tuner_settings(tmp_path) -> Tuner:
     """The tuner group as a process with no configured role has it: KerasTuner's variables decide."""
     dist = Distributed(role=None, host="127.0.0.1", worker_id=None, session=None, port=1, timeout_s=1.0)
     return Tuner(target="x", objective=None, directory=str(tmp_path), project_name="search", overwrite=False,
-                 distributed=dist, seed=0, max_consecutive_failed_trials=3, cv_folds=1, cv_auto_folds=3,
+                 resume_space="check", distributed=dist, seed=0, max_consecutive_failed_trials=3, cv_folds=1, cv_auto_folds=3,
                  cv_auto_max_patients=40)
 
 
