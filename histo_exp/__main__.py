@@ -10,8 +10,9 @@ from omegaconf import DictConfig
 from histo_exp.config import CONFIG_DIR, config_yaml
 from histo_exp.errors import one_line_errors
 from histo_exp.settings import Settings
-from histo_exp.settings import load as load_settings
 from histo_exp.signals import handle_stops
+from histo_exp.tuning.resume import checked, resume_command
+from histo_exp.tuning.search_folder import SearchFolder
 
 log = logging.getLogger("histo_exp")
 
@@ -21,7 +22,7 @@ def main(cfg: DictConfig) -> float:
     """Print the resolved config, run the experiment, return test AUC (for sweepers; None for a worker)."""
     log.info("config:\n%s", config_yaml(cfg))
     with one_line_errors():  # a stop ends it too: exit 130 (Ctrl-C) or 143 (SIGTERM)
-        settings = load_settings(cfg)  # a bad value fails here, in seconds, before Keras is imported
+        settings = checked(cfg)  # a bad value or a resume that cannot go on fails here, before Keras is imported
         from histo_exp.runner import run
 
         try:
@@ -33,9 +34,6 @@ def main(cfg: DictConfig) -> float:
 
 def say_how_to_resume(settings: Settings) -> None:
     """The command that resumes a stopped search, when it had begun (a launcher says its own)."""
-    from histo_exp.tuning.resume import resume_command
-    from histo_exp.tuning.search_folder import SearchFolder
-
     folder = SearchFolder.of(settings.tuner)
     if folder.role == "lone" and folder.holds_search():
         log.warning("to resume the search: %s",

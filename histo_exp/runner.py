@@ -23,11 +23,10 @@ from histo_exp.data.dataset import PatchData, load
 from histo_exp.data.device import on_device
 from histo_exp.evaluation.evaluate import evaluate
 from histo_exp.settings import Settings
-from histo_exp.settings import load as load_settings
 from histo_exp.tracking import NullTracker, Tracker, check_server, ending_runs
 from histo_exp.tuning.failures import stopped_by_failures
 from histo_exp.tuning.final_model import final_model
-from histo_exp.tuning.resume import resumed, search_space
+from histo_exp.tuning.resume import checked, search_space
 from histo_exp.tuning.search_folder import SearchFolder
 
 log = logging.getLogger(__name__)
@@ -37,9 +36,8 @@ logging.getLogger("tensorflow").addFilter(lambda record: "tf.function retracing"
 
 def run(cfg: DictConfig, settings: Settings | None = None) -> dict[str, float]:
     """Run the configured experiment and return its headline metrics (none for a worker). ``settings``:
-    ``cfg`` already checked (``settings.load``); else it is checked here, before any data or run."""
-    settings = settings or load_settings(cfg)
-    settings = resumed(settings, SearchFolder.of(settings.tuner))  # a resume that cannot go on fails before any data
+    ``cfg`` already checked (``tuning.resume.checked``); else it is checked here, before any data or run."""
+    settings = settings or checked(cfg)
     keras.utils.set_random_seed(settings.seed)
     out = Path(settings.paths.output_dir)
     out.mkdir(parents=True, exist_ok=True)

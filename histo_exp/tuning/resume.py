@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from histo_exp.errors import PathNotFound, UsageError
-from histo_exp.settings import Settings
+from histo_exp.settings import Settings, load
 from histo_exp.settings.fields import build
 from histo_exp.settings.schema import Augment
 from histo_exp.space import is_spec
@@ -94,6 +94,12 @@ def resumed(settings: Settings, folder: SearchFolder) -> Settings:
         "would record trials under values their models were not built with. Search the new space with "
         "tuner.overwrite=true (starts over there) or a new tuner.directory; or resume as it began with "
         "tuner.resume_space=saved")
+
+
+def checked(cfg: Any) -> Settings:
+    """The composed config checked (``settings.load``) and resolved against the search it resumes, if any."""
+    settings = load(cfg)
+    return resumed(settings, SearchFolder.of(settings.tuner))
 
 
 def resume_command(overrides: Sequence[str], directory: Path) -> str:
