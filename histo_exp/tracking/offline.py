@@ -12,9 +12,10 @@ from typing import Any
 from mlflow.tracking import MlflowClient
 
 import histo_exp.tracking.writes as writes
-from histo_exp.errors import PathNotFound, Unreachable, UsageError
-from histo_exp.tracking.connection import check_server
+from histo_exp.errors import EnvironmentFault, PathNotFound, Unreachable, UsageError
+from histo_exp.tracking.connection import check_server, http_settings
 from histo_exp.tracking.spool import Spool, reason, unreachable
+from histo_exp.tracking.store import local_store
 
 log = logging.getLogger(__name__)
 
@@ -34,10 +35,18 @@ class OfflineWriter:
         self.offline = False  # the store stopped answering: every write goes to the spool until it is back
         self.on_change = on_change
         self._said: set[str] = set()
+        self._open: set[str] = set()  # the runs this process opened (or reopened) and has not ended
+        self._kept = self._noted = False  # whether this process kept a write, and noted its open runs since
 
     def write(self, write: writes.Write) -> str | None:
         """Carry ``write`` out on the store, or keep it when the store cannot take it (or it names a
         run made while the store was away); returns the id a new run or model got (an offline id if kept)."""
+        made = self._write(write)
+        if self._track(write, made) or (self._kept and not self._noted):
+            self._note_open()
+        return made
+
+    def _write(self, write: writes.Write) -> str | None:
         if self.spool is None:
             return writes.apply(self.client, write)
         if not self.offline and not writes.refers_offline(write):
@@ -49,10 +58,30 @@ class OfflineWriter:
                 self._lost(write, err)
         try:
             self.spool.append(write)
+            self._kept = True
         except OSError as err:
             log.error("MLflow write %s lost: the store did not take it and %s could not keep it (%s)",
                       write["op"], self.spool.folder, err)
         return write.get("id")
+
+    def _track(self, write: writes.Write, made: str | None) -> bool:
+        """Follow the runs this process has open; whether that changed."""
+        before = set(self._open)
+        if write["op"] == "create_run" and made:
+            self._open.add(made)
+        elif write["op"] == "set_status":
+            (self._open.add if write["end_time"] is None else self._open.discard)(write["run"])
+        return self._open != before
+
+    def _note_open(self) -> None:
+        """Once writes are kept, note the runs open with them: a sync after a kill closes those (``Spool.left_open``)."""
+        if not self._kept:
+            return
+        try:
+            self.spool.note_open(self._open)
+            self._noted = True
+        except OSError as err:  # a full disk: the sync then goes by the kept writes alone
+            log.debug("could not note the open runs in %s: %s", self.spool.folder, err)
 
     def _lost(self, write: writes.Write, err: BaseException) -> None:
         """Say once what happened and where the writes go; a failed artifact upload (a full disk, say)
@@ -87,7 +116,10 @@ class OfflineWriter:
         self.on_change(False)
         log.warning("the MLflow store %s answers again: sent the %d write(s) kept while it was away",
                     self.tracking_uri, sent)
-        return self.spool.progress()["ids"]
+        ids = self.spool.progress()["ids"]
+        self._open = {ids.get(run, run) for run in self._open}
+        self._note_open()
+        return ids
 
     def send_unsent(self, folders: Iterable[Path]) -> None:
         """Send what earlier processes kept for this store in ``folders`` (their output folders)."""
@@ -114,31 +146,67 @@ class OfflineWriter:
                 f"`python -m histo_exp.sync folder={self.spool.folder.parent}` sends them once it is back")
 
 
-def sync(folder: Path, tracking_uri: str | None = None) -> int:
-    """Send every spool under ``folder`` to its store (or to ``tracking_uri``); how many writes were sent."""
+def sync(folder: Path, tracking_uri: str | None = None, http_timeout_s: float = 20, http_retries: int = 2) -> int:
+    """Send every spool under ``folder`` to its store (or to ``tracking_uri``), then close the runs their
+    processes left open (if they have ended); how many writes were sent. A store that does not answer
+    for ``http_timeout_s`` (``http_retries`` more times) stops it: the same command goes on later."""
     if not folder.is_dir():
         raise PathNotFound(f"folder={folder} is not a folder: pass the output folder of the run "
                            "that kept MLflow writes (it named it when it ended)")
-    spools = Spool.waiting(folder)
+    spools = [spool for spool in Spool.under(folder) if spool.pending() or spool.left_open()]
     if not spools:
         print(f"nothing to send: no MLflow writes are waiting under {folder}")
         return 0
-    total = 0
-    for spool in spools:
-        uri = tracking_uri or spool.store_uri()
-        if not uri:
-            raise UsageError(f"{spool.folder} does not say which store its writes are for: pass tracking_uri=...")
-        check_server(uri)
-        pending = spool.pending()
-        try:
-            sent = spool.send(MlflowClient(tracking_uri=uri))
-        except Exception as err:
-            if not unreachable(err):
-                raise
-            done = pending - spool.pending()
-            raise Unreachable(f"{uri} stopped taking writes after {done} of {pending} from {spool.folder} "
-                              f"({reason(err)}): run the same command again once it "
-                              "answers; it goes on from there") from None
-        print(f"sent {sent} MLflow write(s) from {spool.folder} to {uri}")
-        total += sent
-    return total
+    http_settings(http_timeout_s, http_retries)
+    return sum(_sync(spool, tracking_uri) for spool in spools)
+
+
+def _sync(spool: Spool, tracking_uri: str | None) -> int:
+    uri = tracking_uri or spool.store_uri()
+    if not uri:
+        raise UsageError(f"{spool.folder} does not say which store its writes are for: pass tracking_uri=...")
+    pending = spool.pending()
+    try:
+        sent = spool.send(_store_for(spool, uri, passed=bool(tracking_uri)), close_left_open=True)
+    except KeyboardInterrupt:
+        log.warning("stopped after sending %d of the %d MLflow write(s) kept in %s: the same command sends the "
+                    "rest", pending - spool.pending(), pending, spool.folder)
+        raise
+    except Exception as err:
+        if not unreachable(err):
+            raise
+        done = pending - spool.pending()
+        raise Unreachable(f"{uri} stopped taking writes after {done} of {pending} from {spool.folder} "
+                          f"({reason(err)}): run the same command again once it "
+                          "answers; it goes on from there") from None
+    print(f"sent {sent} MLflow write(s) from {spool.folder} to {uri}")
+    return sent
+
+
+def _store_for(spool: Spool, uri: str, passed: bool) -> MlflowClient:
+    """A client of ``uri``, once it is known to hold what the kept writes go to; a store that is not
+    there is not made (MLflow would make an empty one)."""
+    check_server(uri)
+    path = local_store(uri)
+    if path is not None and not path.exists():
+        raise _wrong_store(spool, uri, passed, f"is not there (no {path})")
+    client = MlflowClient(tracking_uri=uri)
+    missing = spool.missing_in(client)
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise _wrong_store(spool, uri, passed, f"does not hold {missing[0]}{more}, which they go to")
+    return client
+
+
+def _wrong_store(spool: Spool, uri: str, passed: bool, what: str) -> Exception:
+    """The user's ``tracking_uri`` names the wrong store (a usage error); or the store the writes were made for
+    is gone or emptied (a fault of the machine): nothing sent, nothing made, what to pass instead."""
+    made_for = spool.store_uri()
+    if passed and uri != made_for:
+        return UsageError(
+            f"tracking_uri={uri} {what}: the MLflow writes kept in {spool.folder} were made for "
+            f"{made_for or 'a store they do not name'}; drop tracking_uri= to send them there, or pass "
+            "tracking_uri=<the store that holds their runs now>. Nothing was sent")
+    return EnvironmentFault(
+        f"the MLflow store {uri} that the writes kept in {spool.folder} were made for {what}: if it moved, "
+        "pass tracking_uri=<where it is now>. Nothing was sent")

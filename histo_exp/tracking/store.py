@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
+from urllib.request import url2pathname
 
 from mlflow.entities import LoggedModelStatus
 from mlflow.exceptions import MlflowException
@@ -11,6 +13,16 @@ from mlflow.tracking import MlflowClient
 
 from histo_exp.errors import PathNotFound
 from histo_exp.tracking.base import KERAS_RUN_ARTIFACT, MODEL_NAME, TRIAL_ID
+
+
+def local_store(tracking_uri: str) -> Path | None:
+    """The file (SQLite) or folder (a file store) a store on this machine is in; None for a server or database."""
+    if tracking_uri.startswith("sqlite:///"):
+        return Path(tracking_uri.removeprefix("sqlite:///"))
+    parsed = urlparse(tracking_uri)
+    if parsed.scheme == "file":
+        return Path(url2pathname(parsed.path))
+    return Path(tracking_uri) if not parsed.scheme else None
 
 
 def reader(tracking_uri: str | None) -> MlflowClient:

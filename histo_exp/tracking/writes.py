@@ -1,6 +1,7 @@
 """Every write the MLflow tracker makes, as a JSON-able record: applied to the store at once, or kept
 (``spool``) while the store is away and applied later. One ``apply`` serves both, so a replayed
-write lands exactly as it would have."""
+write lands exactly as it would have. A write names the file it uploads by its absolute path; the spool
+names it relative to the output folder when it keeps it (``Spool.located`` finds it again)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,10 @@ from mlflow.utils.validation import MAX_DATASET_DIGEST_SIZE
 Write = dict[str, Any]
 OFFLINE = "offline-"  # the id of a run or model made while the store was away, until a sync makes it
 ARTIFACTS = ("log_artifact", "log_text", "log_model")  # writes that go to the artifact store
+FILES = {"log_artifact": "path", "log_model": "keras_path"}  # writes that upload a file: the key of its path
+# Writes whose repeat would make a second thing (a run, a model version): a stop waits until one is sent
+# and counted. Any other write may be cut short, and is sent again whole: the store keeps it once.
+MAKES = ("create_run", "register")
 
 
 def offline_id() -> str:
@@ -77,6 +82,12 @@ def register(name: str, model: str, run: str, val_auc: float, fingerprint: str) 
             "fingerprint": fingerprint}
 
 
+def close_orphan(run: str, tags: Mapping[str, str]) -> Write:
+    """End ``run`` KILLED, with ``tags`` saying why, if the store still has it RUNNING when this is sent:
+    its process ended without closing it (a sync of what that process kept adds this)."""
+    return {"op": "close_orphan", "run": run, "status": "KILLED", "tags": dict(tags), "end_time": now_ms()}
+
+
 def refers_offline(write: Write) -> bool:
     """Whether ``write`` names a run or model that only exists once the spool is sent."""
     return any(is_offline(write.get(key)) for key in ("run", "model")) or is_offline(
@@ -109,6 +120,15 @@ def _set_status(client: MlflowClient, w: Write, ids: Mapping[str, str]) -> None:
         client.update_run(w["run"], status=w["status"])
     else:
         client.set_terminated(w["run"], status=w["status"], end_time=w["end_time"])
+
+
+def _close_orphan(client: MlflowClient, w: Write, ids: Mapping[str, str]) -> str | None:
+    """The status it set, or None when the run was closed meanwhile (a later process reopened and ended it)."""
+    if client.get_run(w["run"]).info.status != "RUNNING":
+        return None
+    client.log_batch(w["run"], tags=[RunTag(k, v) for k, v in w["tags"].items()])
+    client.set_terminated(w["run"], status=w["status"], end_time=w["end_time"])
+    return w["status"]
 
 
 def _log_artifact(client: MlflowClient, w: Write, ids: Mapping[str, str]) -> None:
@@ -158,4 +178,4 @@ def _register(client: MlflowClient, w: Write, ids: Mapping[str, str]) -> str:
 
 APPLY = {"create_run": _create_run, "log_batch": _log_batch, "set_status": _set_status,
          "log_artifact": _log_artifact, "log_text": _log_text, "log_dataset": _log_dataset,
-         "log_model": _log_model, "register": _register}
+         "log_model": _log_model, "register": _register, "close_orphan": _close_orphan}

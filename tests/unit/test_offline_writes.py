@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -135,3 +136,58 @@ def test_without_a_spool_a_store_that_does_not_answer_raises(client, tmp_path):
     with pytest.raises(ConnectionError):
         writer.write(writes.create_run("0", "search", {}))
     assert not writer.offline and writer.describe() == ""
+
+
+def test_a_write_the_disk_cannot_take_leaves_no_half_line_and_the_next_one_is_kept_whole(writer, client, tmp_path,
+                                                                                        monkeypatch, caplog):
+    """A full disk takes what fits of a line, then fails: the line goes, so no later write lands after half a one."""
+    import histo_exp.tracking.spool as spool
+
+    client.down = True
+    search = writer.write(writes.create_run("0", "search", {}))
+    real_fsync = spool.os.fsync
+
+    def full(fd):
+        monkeypatch.setattr(spool.os, "fsync", real_fsync)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(spool.os, "fsync", full)
+    writer.write(writes.log_batch(search, {"auc": 0.5}))
+    assert "lost" in caplog.text
+    writer.write(writes.set_status(search, "FINISHED"))
+    assert [w["op"] for w in kept(tmp_path / "mlflow-unsent")] == ["create_run", "set_status"]
+
+
+def test_a_line_an_earlier_process_left_half_written_is_said_and_cut_before_the_next_write(client, tmp_path, caplog):
+    folder = tmp_path / "mlflow-unsent"
+    folder.mkdir()
+    whole = json.dumps(writes.create_run("0", "search", {}))
+    half = json.dumps(writes.log_batch("offline-abc", {"auc": 0.5}))[:45]
+    (folder / WRITES).write_text(f"{whole}\n{half}")
+    assert len(Spool(folder).writes()) == 1  # the half line is not a write
+
+    writer = OfflineWriter(client, f"sqlite:///{tmp_path}/mlflow.db", folder)  # a later process, same folder
+    client.down = True
+    writer.write(writes.set_status("offline-abc", "FINISHED"))
+    said = [r.getMessage() for r in caplog.records if "cut short" in r.getMessage()]
+    assert len(said) == 1 and "a log_batch write of run offline-abc" in said[0]
+    assert [w["op"] for w in kept(folder)] == ["create_run", "set_status"]
+
+
+def test_files_are_kept_by_paths_that_travel_with_the_folder(writer, client, tmp_path):
+    """A file in the output folder by its path relative to it; one from outside by a copy in the spool."""
+    client.down = True
+    inside, outside = tmp_path / "plots" / "roc.png", tmp_path.parent / f"{tmp_path.name}-tuner" / "curves.png"
+    for path in (inside, outside):
+        path.parent.mkdir()
+        path.write_bytes(b"png")
+    search = writer.write(writes.create_run("0", "search", {}))
+    writer.write(writes.log_artifact(search, inside))
+    writer.write(writes.log_artifact(search, outside, "trials"))
+    paths = [w["path"] for w in kept(tmp_path / "mlflow-unsent")[1:]]
+    assert paths[0] == "plots/roc.png"
+    assert paths[1].startswith("mlflow-unsent/files/") and paths[1].endswith("/curves.png")
+    assert (tmp_path / paths[1]).read_bytes() == b"png"
+    shutil.rmtree(outside.parent)
+    located = Spool(tmp_path / "mlflow-unsent").located(kept(tmp_path / "mlflow-unsent")[2])
+    assert located["path"] == str(tmp_path / paths[1]) and located["artifact_path"] == "trials"
