@@ -9,7 +9,9 @@ The only package that talks to MLflow:
 - ``connection``: opening a store (``check_server``, HTTP settings, the lock on a new SQLite store).
 - ``writes``: every write as a JSON-able record, and ``apply`` that carries one out.
 - ``offline``: ``OfflineWriter``, which keeps the writes a store cannot take in a ``spool`` and sends
-  them once it is back, and ``sync`` (``python -m histo_exp.sync``).
+  them once it is back, and ``sync`` (``python -m histo_exp.sync``); ``spool_files`` keeps the files
+  they name so the spool travels with its folder, ``spool_recovery`` mends what a writer that ended
+  left (a torn last line, runs left open).
 - ``system_metrics``: the per-run CPU, memory and GPU monitors.
 - ``models``: the servable pyfunc model (``pyfunc``) and the registry's ``champion``.
 - ``store``: reading a store back (``reader``, ``download_model``, ``trial_runs``).
