@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from histo_exp.data import sources
 from histo_exp.data.cache import Cached, ingest
-from histo_exp.data.index import DatasetError, Manifest, index, save_listing
+from histo_exp.data.index import DatasetError, Manifest
 from histo_exp.data.split import Split, check_splittable, split_once
 from histo_exp.settings import Data, check_data
 from histo_exp.settings.fields import build
@@ -36,6 +36,8 @@ class PatchData:
     ignored: list[str] = field(default_factory=list)
     padded: int = 0
     resized: int = 0
+    classes: tuple[str, ...] = ("0", "1")  # ``labels`` index these names
+    sites: np.ndarray | None = None  # each patch's site, where the source names it
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -103,16 +105,6 @@ class PatchData:
         return "\n".join(lines)
 
 
-def data_root(cfg: Data) -> Path:
-    """The dataset folder; for ``data=synthetic`` the generated set, made on first use."""
-    if cfg.synthetic:
-        from histo_exp.data.synthetic import SyntheticSpec, generate  # OpenCV: not on a cached run's path
-
-        spec = SyntheticSpec(**vars(cfg.synthetic), seed=cfg.seed)
-        return generate(Path(cfg.root), spec, workers=cfg.workers or os.cpu_count() or 1)
-    return Path(cfg.root)
-
-
 def check_bad_fraction(cached: Cached, total: int, limit: float) -> None:
     """Fail when more than ``limit`` of the files could not be used."""
     bad = len(cached.skipped)
@@ -141,13 +133,12 @@ def load(cfg: Data | Mapping, progress: bool = True) -> PatchData:
     if isinstance(cfg, Mapping):  # a composed ``data`` group: checked as the runner checks it
         cfg = build(Data, to_plain(cfg), "data")
         check_data(cfg)
-    listings = Path(cfg.cache_dir).expanduser() / "listings"  # a re-run lists no folder that did not change
-    manifest: Manifest = index(data_root(cfg), progress=progress, memo=listings)
+    manifest: Manifest = sources.read(cfg, progress)
     log.info("indexed %d patches under %s", len(manifest), manifest.root)
     # The split's checks (both classes, enough patients, the fractions) on the file names, before
     # any decoding: a dataset that cannot be split leaves no cache behind.
     check_splittable(manifest.labels, manifest.patients, cfg.val_fraction, cfg.test_fraction)
-    save_listing(listings, manifest)
+    sources.keep_listing(cfg, manifest)
     cached = ingest(
         manifest,
         cache_dir=cfg.cache_dir,
@@ -168,5 +159,5 @@ def load(cfg: Data | Mapping, progress: bool = True) -> PatchData:
         images=cached.images, labels=manifest.labels, patients=manifest.patients,
         x=manifest.x, y=manifest.y, split=split,
         root=manifest.root, cache=cached.folder, skipped=cached.skipped, ignored=manifest.ignored,
-        padded=cached.padded, resized=cached.resized,
+        padded=cached.padded, resized=cached.resized, classes=manifest.classes, sites=manifest.sites,
     )

@@ -7,6 +7,7 @@ import json
 import os
 import re
 import stat
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,6 +39,13 @@ class Manifest:
     # Modification time of each label folder: files added, removed or renamed change it.
     stamps: dict[str, int] = field(default_factory=dict)
     ignored: list[str] = field(default_factory=list)
+    # ``labels`` index these names; IDC's layout: "0" (no IDC) and "1" (IDC).
+    classes: tuple[str, ...] = ("0", "1")
+    sites: np.ndarray | None = None  # each patch's site (hospital, lab, scanner), where the source names it
+    parts: np.ndarray | None = None  # each patch's split part ("train", "val", "test") where the source gives it
+    # Where the pixels come from when they are not one image file per path (PCam's HDF5 arrays): chunks
+    # of (rows, uint8 RGB images at their own size), for the cache; None: each path is decoded.
+    pixels: Callable[[], Iterator[tuple[np.ndarray, np.ndarray]]] | None = None
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -54,7 +62,8 @@ class Manifest:
         idx = np.flatnonzero(idx) if idx.dtype == bool else idx
         return Manifest(
             self.root, [self.paths[i] for i in idx], self.patients[idx], self.x[idx],
-            self.y[idx], self.labels[idx], self.stamps, self.ignored,
+            self.y[idx], self.labels[idx], self.stamps, self.ignored, self.classes,
+            None if self.sites is None else self.sites[idx], None if self.parts is None else self.parts[idx],
         )
 
 

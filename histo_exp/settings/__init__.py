@@ -88,13 +88,24 @@ HYPERBAND_WITH_FOLDS = ("tuner=hyperband continues a trial from an earlier trial
                         "validation: use tuner=bayesian or tuner=random with patient folds")
 
 
+ROOTS = {"idc": "IDC_regular_ps50_idx5, the folder holding <patient_id>/<0|1>/*.png",
+         "folder": "the folder holding <class>/<patient>/.../<image>",
+         "pcam": "the folder holding camelyonpatch_level_2_split_{train,valid,test}_{x,y}.h5 and _meta.csv",
+         "manifest": "unused: data.manifest names the CSV"}
+
+
 def check_data(data: Data) -> None:
     """What no single data value can say: a dataset without its folder, fractions that leave nothing to
     train on. ``data.dataset.load`` asks the same of a group it is given."""
-    if data.synthetic is None and not data.root:
-        raise UsageError("data.root is not set: pass data.root=/path/to/IDC_regular_ps50_idx5 "
-                         "(the folder holding <patient_id>/<0|1>/*.png)")
-    if data.synthetic is None and not Path(data.root).expanduser().is_dir():
+    if data.source == "manifest":
+        if not data.manifest:
+            raise UsageError("data.manifest is not set: pass data.manifest=/path/to/patches.csv "
+                             "(columns path, label, patient[, site, split, x, y]; docs/datasets.md)")
+        if not Path(data.manifest).expanduser().is_file():
+            raise PathNotFound(f"data.manifest {data.manifest!r} is not a file: point it at the CSV")
+    elif data.synthetic is None and not data.root:
+        raise UsageError(f"data.root is not set: pass data.root=/path/to/the dataset ({ROOTS[data.source]})")
+    elif data.synthetic is None and not Path(data.root).expanduser().is_dir():
         raise PathNotFound(f"data.root {data.root!r} does not exist or is not a folder: point it at the "
                            "dataset's folder (README, 'The real dataset')")
     if data.val_fraction + data.test_fraction >= 1.0:

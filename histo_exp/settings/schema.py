@@ -55,6 +55,12 @@ class Data:
     small_patches: Literal["pad", "resize", "drop"]
     augment: Augment
     cache_dir: str
+    source: Literal["idc", "folder", "manifest", "pcam"]
+    group_by: Literal["patient", "site"]
+    classes: list[str] | None
+    patient_pattern: str | None
+    site_pattern: str | None
+    manifest: str | None
     image_size: int = bounded(2)
     val_fraction: float = bounded(0.0, 1.0, lo_open=True, hi_open=True)
     test_fraction: float = bounded(0.0, 1.0, hi_open=True)

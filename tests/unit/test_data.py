@@ -24,7 +24,9 @@ def data_cfg(root: Path, **extra) -> dict:
             "small_patches": "pad", "augment": {"flip": True, "rotate90": True, "hed": 0.0, "brightness": 0.0,
                                                 "contrast": 0.0, "saturation": 0.0, "hue": 0.0},
             "val_fraction": 0.2, "test_fraction": 0.2, "seed": 0, "workers": 2,
-            "cache_dir": str(root.parent / "ingest"), "max_bad_fraction": 0.05, **extra}
+            "cache_dir": str(root.parent / "ingest"), "max_bad_fraction": 0.05, "source": "idc",
+            "group_by": "patient", "classes": None, "patient_pattern": None, "site_pattern": None, "manifest": None,
+            **extra}
 
 
 def write_patch(root: Path, patient: str, label: int, x: int = 1, y: int = 1, size=(50, 50)) -> Path:
