@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -12,7 +14,7 @@ import numpy as np
 from histo_exp.data import sources
 from histo_exp.data.cache import Cached, ingest
 from histo_exp.data.index import DatasetError, Manifest
-from histo_exp.data.split import Split, check_splittable, split_once
+from histo_exp.data.split import PARTS, Split, check_splittable, grouping, split_once
 from histo_exp.settings import Data, check_data
 from histo_exp.settings.fields import build
 from histo_exp.space import to_plain
@@ -38,6 +40,7 @@ class PatchData:
     resized: int = 0
     classes: tuple[str, ...] = ("0", "1")  # ``labels`` index these names
     sites: np.ndarray | None = None  # each patch's site, where the source names it
+    group_by: str = "patient"  # data.group_by: what the split and the CV folds hold out whole
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -48,13 +51,28 @@ class PatchData:
         """The cache key's digest (the end of the cache folder's name): same files, same decoding."""
         return self.cache.name.rsplit("-", 1)[-1]
 
+    @property
+    def groups(self) -> np.ndarray:
+        """What the split and the CV folds hold out whole: the patients, or (``data.group_by=site``) the sites."""
+        return self.sites if self.group_by == "site" and self.sites is not None else self.patients
+
+    @property
+    def idc(self) -> bool:
+        """IDC's two classes ("0" no IDC, "1" IDC): the split table and summary keep their IDC share."""
+        return tuple(self.classes) == ("0", "1")
+
     def profile(self) -> dict[str, int]:
-        """Patches and patients of each split part (what a tracker records about the data)."""
+        """Patches, patients (sites where known) and patches of each class in each split part (what a
+        tracker records about the data)."""
         out = {}
-        for part in ("train", "val", "test"):
+        for part in PARTS:
             idx = getattr(self.split, part)
             out[f"{part}_patches"] = int(idx.size)
             out[f"{part}_patients"] = int(np.unique(self.patients[idx]).size)
+            if self.sites is not None:
+                out[f"{part}_sites"] = int(np.unique(self.sites[idx]).size)
+            counts = np.bincount(self.labels[idx], minlength=len(self.classes))
+            out.update({f"{part}_n_{name}": int(n) for name, n in zip(self.classes, counts, strict=False)})
         return out
 
     @property
@@ -62,37 +80,42 @@ class PatchData:
         """Rows that decoded (every split index is one of them)."""
         return np.sort(np.concatenate([self.split.train, self.split.val, self.split.test]))
 
-    def patient_counts(self) -> list[tuple[str, str, int, int]]:
-        """(patient, split part, class 0 patches, class 1 patches), sorted by patient; one pass."""
+    def patient_counts(self) -> list[tuple[str, str, str, tuple[int, ...]]]:
+        """(patient, split part, site or "", patches of each class), sorted by patient; one pass."""
         kept = self.kept
-        patients, inverse = np.unique(self.patients[kept], return_inverse=True)
-        ones = np.bincount(inverse, weights=self.labels[kept] == 1, minlength=patients.size)
-        total = np.bincount(inverse, minlength=patients.size)
+        n = len(self.classes)
+        patients, first, inverse = np.unique(self.patients[kept], return_index=True, return_inverse=True)
+        counts = np.bincount(inverse.ravel().astype(np.int64) * n + self.labels[kept],
+                             minlength=patients.size * n).reshape(patients.size, n)
+        sites = [""] * patients.size if self.sites is None else self.sites[kept][first].tolist()
         part = self.split.patients(self.patients)
-        return [(str(p), part[str(p)], int(t - o), int(o)) for p, t, o in zip(patients, total, ones, strict=True)]
+        return [(str(p), part[str(p)], str(s), tuple(map(int, c)))
+                for p, s, c in zip(patients, sites, counts, strict=True)]
 
     def split_table(self) -> str:
-        """CSV of patient -> split part, with each patient's patch count and IDC share."""
-        rows = ["patient,split,patches,idc_share"]
-        for patient, part, zeros, ones in self.patient_counts():
-            rows.append(f"{patient},{part},{zeros + ones},{ones / (zeros + ones):.3f}")
-        return "\n".join(rows) + "\n"
+        """CSV of patient -> split part, with each patient's patch count, its IDC share (IDC's classes),
+        its site (where known) and its patches of each class (other classes)."""
+        out = io.StringIO()
+        table = csv.writer(out, lineterminator="\n")
+        table.writerow(["patient", "split", "patches"] + ["idc_share"] * self.idc + ["site"] * (self.sites is not None)
+                       + ([] if self.idc else [f"n_{name}" for name in self.classes]))
+        for patient, part, site, counts in self.patient_counts():
+            total = sum(counts)
+            table.writerow([patient, part, total] + [f"{counts[1] / total:.3f}"] * self.idc
+                           + [site] * (self.sites is not None) + ([] if self.idc else list(counts)))
+        return out.getvalue()
 
     def summary(self, per_patient: bool = False) -> str:
         """What was loaded, for the console."""
         counts = self.patient_counts()  # one pass over the patients serves every line below
-        zeros, ones = (sum(row[c] for row in counts) for c in (2, 3))
-        lines = [f"{zeros + ones} patches from {len(counts)} patients in {self.root}: "
-                 f"{zeros} class 0, {ones} class 1 (IDC)"]
-        for part in ("train", "val", "test"):
-            idx = getattr(self.split, part)
-            share = f"{self.labels[idx].mean():.0%} IDC" if idx.size else "none held out"
-            held = sum(row[1] == part for row in counts)
-            lines.append(f"  {part:5s}: {idx.size:6d} patches, {held:3d} patients, {share}")
+        totals = [sum(row[3][c] for row in counts) for c in range(len(self.classes))]
+        where = f" at {len({row[2] for row in counts})} sites" if self.sites is not None else ""
+        lines = [f"{sum(totals)} patches from {len(counts)} patients{where} in {self.root}: "
+                 + ", ".join(f"{n} class {name}" for name, n in zip(self.classes, totals, strict=True))
+                 + (" (IDC)" if self.idc else "")]
+        lines += [self._part_line(part, counts) for part in PARTS]
         if per_patient:
-            lines.append("  patient   split  class 0  class 1")
-            for patient, part, zeros, ones in counts:
-                lines.append(f"  {patient:8s}  {part:5s}  {zeros:7d}  {ones:7d}")
+            lines += self._patient_lines(counts)
         if self.padded or self.resized:
             lines.append(f"  brought to size: {self.padded} padded, {self.resized} resized")
         if self.skipped:
@@ -103,6 +126,33 @@ class PatchData:
         mib = self.images.nbytes / 2**20
         lines.append(f"  cache: {self.cache} ({mib:.0f} MiB of uint8 pixels)")
         return "\n".join(lines)
+
+    def _part_line(self, part: str, counts: list) -> str:
+        """One split part's patches, patients (and sites) and class shares, for the summary."""
+        idx = getattr(self.split, part)
+        held = sum(row[1] == part for row in counts)
+        sites = f", {len({row[2] for row in counts if row[1] == part})} sites" if self.sites is not None else ""
+        if not idx.size:
+            share = "none held out"
+        elif self.idc:
+            share = f"{self.labels[idx].mean():.0%} IDC"
+        else:
+            shares = np.bincount(self.labels[idx], minlength=len(self.classes)) / idx.size
+            share = ", ".join(f"{s:.0%} {name}" for name, s in zip(self.classes, shares, strict=True))
+        return f"  {part:5s}: {idx.size:6d} patches, {held:3d} patients{sites}, {share}"
+
+    def _patient_lines(self, counts: list) -> list[str]:
+        """The per-patient table of the summary: split part, site (where known), patches of each class."""
+        heads = [f"class {name}" for name in self.classes]
+        widths = [max(7, len(h)) for h in heads]
+        site_width = max([4] + [len(row[2]) for row in counts])
+        site = self.sites is not None
+        lines = [f"  {'patient':8s}  {'split':5s}" + (f"  {'site':{site_width}s}" if site else "")
+                 + "".join(f"  {h:>{w}s}" for h, w in zip(heads, widths, strict=True))]
+        for patient, part, where, n in counts:
+            lines.append(f"  {patient:8s}  {part:5s}" + (f"  {where:{site_width}s}" if site else "")
+                         + "".join(f"  {c:{w}d}" for c, w in zip(n, widths, strict=True)))
+        return lines
 
 
 def check_bad_fraction(cached: Cached, total: int, limit: float) -> None:
@@ -135,9 +185,15 @@ def load(cfg: Data | Mapping, progress: bool = True) -> PatchData:
         check_data(cfg)
     manifest: Manifest = sources.read(cfg, progress)
     log.info("indexed %d patches under %s", len(manifest), manifest.root)
-    # The split's checks (both classes, enough patients, the fractions) on the file names, before
-    # any decoding: a dataset that cannot be split leaves no cache behind.
-    check_splittable(manifest.labels, manifest.patients, cfg.val_fraction, cfg.test_fraction)
+    # The split's checks (every class, enough patients or sites, the fractions, or the parts the source
+    # gives) on the file names, before any decoding: a dataset that cannot be split leaves no cache behind.
+    groups = grouping(manifest.patients, manifest.sites, cfg.group_by)
+    check_splittable(manifest.labels, groups, cfg.val_fraction, cfg.test_fraction, classes=manifest.classes,
+                     group=cfg.group_by, parts=manifest.parts)
+    if manifest.parts is not None:
+        log.info("the source gives each patch's split part (train/val/test): used as given, so "
+                 "data.val_fraction and data.test_fraction are ignored (data.group_by=%s is only checked)",
+                 cfg.group_by)
     sources.keep_listing(cfg, manifest)
     cached = ingest(
         manifest,
@@ -153,11 +209,12 @@ def load(cfg: Data | Mapping, progress: bool = True) -> PatchData:
     rows = np.flatnonzero(cached.usable)
     if rows.size == 0:
         raise DatasetError(f"none of the {len(manifest)} patches under {manifest.root} could be read")
-    split = split_once(cached.folder, rows, manifest.labels, manifest.patients, cfg.val_fraction,
-                       cfg.test_fraction, cfg.seed)
+    split = split_once(cached.folder, rows, manifest.labels, groups, cfg.val_fraction, cfg.test_fraction,
+                       cfg.seed, classes=manifest.classes, group=cfg.group_by, parts=manifest.parts)
     return PatchData(
         images=cached.images, labels=manifest.labels, patients=manifest.patients,
         x=manifest.x, y=manifest.y, split=split,
         root=manifest.root, cache=cached.folder, skipped=cached.skipped, ignored=manifest.ignored,
         padded=cached.padded, resized=cached.resized, classes=manifest.classes, sites=manifest.sites,
+        group_by=cfg.group_by,
     )

@@ -1,9 +1,16 @@
-"""Patient-level train/val/test split: no patient's patches in two parts."""
+"""Group-level train/val/test split: no patient's patches (with ``data.group_by=site``, no site's) in two parts.
+
+Labels index the dataset's classes, any number of them; train, validation and test each hold every class,
+stratified as far as the groups allow. Where the source gives each patch's part (a manifest's split
+column, PCam's own files) the parts are used as given.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +22,8 @@ log = logging.getLogger(__name__)
 
 PARTS = ("train", "val", "test")
 ATTEMPTS = 50
+SITES_NEEDED = ("data.group_by=site needs each patch's site: data.site_pattern (folder) or a site column "
+                "(manifest)")
 
 
 @dataclass
@@ -26,14 +35,155 @@ class Split:
     test: np.ndarray
 
     def patients(self, patients: np.ndarray) -> dict[str, str]:
-        """Patient id -> part name, for the split CSV."""
+        """Patient (or site, given the sites) -> part name, for the split CSV."""
         return {str(p): part for part in PARTS for p in np.unique(patients[getattr(self, part)])}
 
 
-def _hold_out(labels, groups, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """One fold of about ``fraction`` of the patches, stratified by label, grouped by patient.
+def class_names(classes: Sequence[str] | None, labels: np.ndarray | None = None) -> tuple[str, ...]:
+    """The class names ``labels`` index; without names "0", "1", ... (IDC's two when the labels say no more)."""
+    if classes:
+        return tuple(map(str, classes))
+    top = int(labels.max()) if labels is not None and labels.size else 1
+    return tuple(str(c) for c in range(max(2, top + 1)))
 
-    The first of the splitter's folds whose held-out part holds both classes (else its first fold).
+
+def _every(names: Sequence[str]) -> str:
+    return "both classes" if len(names) == 2 else f"all {len(names)} classes"
+
+
+def _listed(values, most: int = 5) -> str:
+    values = [str(v) for v in values]
+    more = f" and {len(values) - most} more" if len(values) > most else ""
+    return ", ".join(values[:most]) + more
+
+
+def class_groups(labels: np.ndarray, groups: np.ndarray, n: int) -> np.ndarray:
+    """How many groups hold each of the ``n`` classes (a group holding two classes counts for both)."""
+    _, inverse = np.unique(groups, return_inverse=True)
+    pairs = np.unique(inverse.astype(np.int64).ravel() * n + labels)
+    return np.bincount(pairs % n, minlength=n)
+
+
+def _spread(keys: np.ndarray, values: np.ndarray) -> tuple[str, list[str], int] | None:
+    """The first key found with two or more values, its values, and how many keys have several; None
+    when each key has one value."""
+    names, key_codes = np.unique(keys, return_inverse=True)
+    seen, value_codes = np.unique(values, return_inverse=True)
+    pairs = np.unique(key_codes.astype(np.int64).ravel() * seen.size + value_codes.ravel())
+    several = np.flatnonzero(np.bincount(pairs // seen.size, minlength=names.size) > 1)
+    if not several.size:
+        return None
+    first = several[0]
+    return str(names[first]), [str(v) for v in seen[pairs[pairs // seen.size == first] % seen.size]], int(several.size)
+
+
+def grouping(patients: np.ndarray, sites: np.ndarray | None, group_by: str = "patient") -> np.ndarray:
+    """What the split holds out whole: the patients, or (``group_by=site``) the sites. A patient found
+    under two sites is an error wherever sites are known."""
+    if sites is not None:
+        spread = _spread(patients, sites)
+        if spread:
+            patient, held, count = spread
+            more = f" (and {count - 1} more patients)" if count > 1 else ""
+            raise DatasetError(f"patient {patient} is under {len(held)} sites ({_listed(held)}){more}: a patient's "
+                               "patches must all come from one site; fix the site column or data.site_pattern")
+    if group_by == "site":
+        if sites is None:
+            raise DatasetError(SITES_NEEDED)
+        return sites
+    return patients
+
+
+def _check_fractions(val_fraction: float, test_fraction: float) -> None:
+    if not 0.0 < val_fraction < 1.0:
+        raise DatasetError(f"data.val_fraction must be between 0 and 1; got {val_fraction}")
+    if not 0.0 <= test_fraction < 1.0:
+        raise DatasetError(f"data.test_fraction must be at least 0 and below 1; got {test_fraction}")
+    if val_fraction + test_fraction >= 1.0:
+        raise DatasetError("data.val_fraction + data.test_fraction must leave patches to train on")
+
+
+def _check_labels(labels: np.ndarray, names: tuple[str, ...]) -> None:
+    """Labels index the class names, and at least two classes have patches."""
+    if not labels.size:
+        raise DatasetError("no patches to split")
+    if labels.min() < 0 or labels.max() >= len(names):
+        raise DatasetError(f"labels must index the {len(names)} classes ({_listed(names)}); found label "
+                           f"{int(labels.max() if labels.max() >= len(names) else labels.min())}")
+    present = np.unique(labels)
+    if present.size < 2:
+        needs = (f"both class {names[0]} and class {names[1]}" if len(names) == 2
+                 else f"at least two of the classes {_listed(names)}")
+        raise DatasetError(f"all {labels.size} patches are class {names[int(present[0])]}: a classifier "
+                           f"needs {needs} patches")
+
+
+def _check_groups(labels: np.ndarray, groups: np.ndarray, names: tuple[str, ...], needed: tuple[str, ...],
+                  group: str) -> None:
+    """Enough groups, and each class under at least one group per part."""
+    unique = np.unique(groups)
+    if unique.size < len(needed):
+        raise DatasetError(f"found {unique.size} {group}(s) ({_listed(unique)}); a {group}-level split needs "
+                           f"at least {len(needed)} {group}s")
+    counts = class_groups(labels, groups, len(names))
+    short = np.flatnonzero(counts < len(needed))
+    if short.size:
+        c = int(short[0])
+        holding = np.unique(groups[labels == c])
+        raise DatasetError(f"class {names[c]} is found under {counts[c]} {group}(s) ({_listed(holding) or 'none'}); "
+                           f"{', '.join(needed)} each need it, so at least {len(needed)}: add {group}s holding "
+                           "it or leave the class out")
+
+
+def check_given(labels: np.ndarray, groups: np.ndarray, parts: np.ndarray, classes: Sequence[str] | None = None,
+                group: str = "patient") -> None:
+    """Split parts the source gives: train, val or test each; no ``group`` in two parts; train and val
+    (and test where there is one) each hold every class."""
+    names = class_names(classes, labels)
+    parts = np.asarray(parts).astype(str)
+    unknown = sorted(set(np.unique(parts).tolist()) - set(PARTS))
+    if unknown:
+        raise DatasetError(f"the source's split parts must be train, val or test; found {_listed(map(repr, unknown))}")
+    spread = _spread(groups, parts)
+    if spread:
+        key, held, count = spread
+        more = f" (and {count - 1} more {group}s)" if count > 1 else ""
+        held = sorted(held, key=PARTS.index)
+        raise DatasetError(f"{group} {key} is in the given {' and '.join(held)} parts{more}: a {group}'s patches "
+                           "must all be in one part; fix the source's split")
+    for part in PARTS:
+        held = labels[parts == part]
+        if not held.size and part == "test":
+            continue
+        missing = np.flatnonzero(np.bincount(held, minlength=len(names)) == 0)
+        if missing.size:
+            raise DatasetError(f"the given {part} part holds no class {names[int(missing[0])]} patches"
+                               + ("" if held.size else " (it is empty)")
+                               + f": train, val and test must each hold {_every(names)}; fix the source's split")
+
+
+def check_splittable(labels: np.ndarray, patients: np.ndarray, val_fraction: float, test_fraction: float, *,
+                     classes: Sequence[str] | None = None, group: str = "patient",
+                     parts: np.ndarray | None = None) -> None:
+    """The fractions, the classes and enough ``patients`` (the groups: patients, or sites with
+    ``group="site"``) per class, or the parts the source gives: checked before any decoding."""
+    _check_fractions(val_fraction, test_fraction)
+    names = class_names(classes, labels)
+    _check_labels(labels, names)
+    if parts is not None:
+        check_given(labels, patients, parts, names, group)
+        return
+    _check_groups(labels, patients, names, PARTS if test_fraction else PARTS[:2], group)
+
+
+def _holds(labels: np.ndarray, n: int) -> bool:
+    return np.unique(labels).size == n
+
+
+def _hold_out(labels, groups, fraction: float, seed: int, n: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    """One fold of about ``fraction`` of the patches, stratified by label, grouped by ``groups``.
+
+    The first of the splitter's folds whose held-out part holds all ``n`` classes (else its first fold).
     """
     from sklearn.model_selection import StratifiedGroupKFold  # a second of import: only when a split is made
 
@@ -43,106 +193,109 @@ def _hold_out(labels, groups, fraction: float, seed: int) -> tuple[np.ndarray, n
         folds = n_groups
     splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
     candidates = list(splitter.split(np.zeros(len(labels)), labels, groups))
-    return next(((rest, held) for rest, held in candidates if np.unique(labels[held]).size == 2), candidates[0])
+    return next(((rest, held) for rest, held in candidates if _holds(labels[held], n)), candidates[0])
 
 
-def check_splittable(labels: np.ndarray, patients: np.ndarray, val_fraction: float, test_fraction: float) -> None:
-    """The fractions, both classes and enough patients: checked on file names before any decoding."""
-    if not 0.0 < val_fraction < 1.0:
-        raise DatasetError(f"data.val_fraction must be between 0 and 1; got {val_fraction}")
-    if not 0.0 <= test_fraction < 1.0:
-        raise DatasetError(f"data.test_fraction must be at least 0 and below 1; got {test_fraction}")
-    if val_fraction + test_fraction >= 1.0:
-        raise DatasetError("data.val_fraction + data.test_fraction must leave patches to train on")
-    classes = np.unique(labels)
-    if classes.size < 2:
-        raise DatasetError(
-            f"all {labels.size} patches are class {int(classes[0])}: a classifier needs both "
-            "class 0 and class 1 patches"
-        )
-    unique = np.unique(patients)
-    needed = 3 if test_fraction else 2
-    if unique.size < needed:
-        raise DatasetError(
-            f"found {unique.size} patient(s) ({', '.join(map(str, unique))}); a patient-level "
-            f"split needs at least {needed} patients"
-        )
+def _attempt(labels, groups, val_fraction: float, test_fraction: float, seed: int, n: int) -> Split:
+    if test_fraction:
+        rest, test = _hold_out(labels, groups, test_fraction, seed, n)
+    else:
+        rest, test = np.arange(labels.size), np.array([], dtype=int)
+    inner, val = _hold_out(labels[rest], groups[rest], val_fraction / (1 - test_fraction), seed, n)
+    return Split(train=rest[inner], val=rest[val], test=test)
 
 
 def split_by_patient(
-    labels: np.ndarray, patients: np.ndarray, val_fraction: float, test_fraction: float, seed: int
+    labels: np.ndarray, patients: np.ndarray, val_fraction: float, test_fraction: float, seed: int, *,
+    classes: Sequence[str] | None = None, group: str = "patient",
 ) -> Split:
-    """Split by patient, stratified by label as far as the patients allow, deterministically.
+    """Split by patient (``patients`` are the groups: with ``group="site"`` the sites), stratified by
+    label as far as the groups allow, deterministically.
 
-    Tries successive seeds until validation and test each hold both classes, because AUC is
-    undefined on one class; fails with a clear error when the patients cannot give that.
+    Tries successive seeds until train, validation and test each hold every class, because AUC is
+    undefined without them; fails with a clear error when the groups cannot give that.
     ``test_fraction=0`` holds out no test patients (they live elsewhere, e.g. a leave-patients-out
     benchmark that predicts them with ``histo_exp.predict``).
     """
-    check_splittable(labels, patients, val_fraction, test_fraction)
-    unique = np.unique(patients)
+    check_splittable(labels, patients, val_fraction, test_fraction, classes=classes, group=group)
+    names = class_names(classes, labels)
     parts_needed = PARTS if test_fraction else PARTS[:2]
     for attempt in range(ATTEMPTS):
-        s = seed + attempt * 7919
-        if test_fraction:
-            rest, test = _hold_out(labels, patients, test_fraction, s)
-        else:
-            rest, test = np.arange(labels.size), np.array([], dtype=int)
-        inner, val = _hold_out(labels[rest], patients[rest], val_fraction / (1 - test_fraction), s)
-        parts = Split(train=rest[inner], val=rest[val], test=test)
-        if all(np.unique(labels[getattr(parts, p)]).size == 2 for p in parts_needed):
+        parts = _attempt(labels, patients, val_fraction, test_fraction, seed + attempt * 7919, len(names))
+        if all(_holds(labels[getattr(parts, p)], len(names)) for p in parts_needed):
             return Split(*(np.sort(getattr(parts, p)) for p in PARTS))
-    mixed = sorted({str(p) for p in unique if np.unique(labels[patients == p]).size == 2})
+    counts = class_groups(labels, patients, len(names))
+    rare = int(np.argmin(counts))
     raise DatasetError(
-        f"could not split {unique.size} patients so that {', '.join(parts_needed)} each hold both "
-        f"classes (patients holding both: {mixed or 'none'}); add patients or change "
+        f"could not split {np.unique(patients).size} {group}s so that {', '.join(parts_needed)} each hold "
+        f"{_every(names)} (class {names[rare]} is under only {counts[rare]} of them); add {group}s or change "
         "data.val_fraction / data.test_fraction"
     )
 
 
+def _digest(kept: np.ndarray, labels: np.ndarray, groups: np.ndarray, names: tuple[str, ...]) -> str:
+    """What a kept split was made of: a split saved for other labels or groups is not read back."""
+    h = hashlib.sha256(np.asarray(kept, np.int64).tobytes())
+    h.update(np.asarray(labels[kept], np.int64).tobytes())
+    h.update("\0".join(map(str, groups[kept].tolist())).encode())
+    h.update("\0".join(names).encode())
+    return h.hexdigest()[:20]
+
+
 def split_once(folder: Path, kept: np.ndarray, labels: np.ndarray, patients: np.ndarray, val_fraction: float,
-               test_fraction: float, seed: int) -> Split:
-    """``split_by_patient`` of the ``kept`` rows, made once per cache and settings and saved in the
-    cache ``folder``: a run on a cached dataset then reads it (and imports no scikit-learn)."""
-    path = folder / f"split-val{val_fraction:g}-test{test_fraction:g}-seed{seed}.npz"
+               test_fraction: float, seed: int, *, classes: Sequence[str] | None = None, group: str = "patient",
+               parts: np.ndarray | None = None) -> Split:
+    """``split_by_patient`` of the ``kept`` rows (``patients``: the groups), made once per cache and
+    settings and saved in the cache ``folder``: a run on a cached dataset then reads it (and imports no
+    scikit-learn). With ``parts`` (each row's part, as the source gives it) those parts, as given."""
+    if parts is not None:
+        check_given(labels[kept], patients[kept], parts[kept], classes, group)
+        return Split(*(kept[np.asarray(parts[kept]).astype(str) == part] for part in PARTS))
+    by = "" if group == "patient" else f"{group}-"
+    path = folder / f"split-{by}val{val_fraction:g}-test{test_fraction:g}-seed{seed}.npz"
+    key = _digest(kept, labels, patients, class_names(classes, labels))
     try:
         with np.load(path) as saved:
-            return Split(*(saved[part] for part in PARTS))
+            if str(saved["key"]) == key:
+                return Split(*(saved[part] for part in PARTS))
     except (OSError, KeyError, ValueError):
         pass
-    inner = split_by_patient(labels[kept], patients[kept], val_fraction, test_fraction, seed)
+    inner = split_by_patient(labels[kept], patients[kept], val_fraction, test_fraction, seed, classes=classes,
+                             group=group)
     split = Split(*(kept[getattr(inner, part)] for part in PARTS))
     partial = folder / f".{path.stem}.{os.getpid()}.npz"
     try:
-        np.savez(partial, **{part: getattr(split, part) for part in PARTS})
+        np.savez(partial, key=np.array(key), **{part: getattr(split, part) for part in PARTS})
         partial.replace(path)
     except OSError as err:  # a read-only cache: split again next time
         log.debug("could not keep the split in %s (%s)", folder, err)
     return split
 
 
-def max_folds(labels: np.ndarray, patients: np.ndarray) -> int:
-    """How many patient-grouped folds can each hold both classes: the patients holding the rarer one.
+def max_folds(labels: np.ndarray, patients: np.ndarray, n: int = 2) -> int:
+    """How many grouped folds can each hold all ``n`` classes: the patients (groups) holding the rarest.
 
-    A patient holding both classes counts for both.
+    A patient holding two classes counts for both.
     """
-    return int(min((np.unique(patients[labels == c]).size for c in (0, 1)), default=0))
+    return int(class_groups(labels, patients, n).min()) if labels.size else 0
 
 
-def patient_folds(labels: np.ndarray, patients: np.ndarray, rows: np.ndarray, k: int,
-                  seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    """K patient-grouped, label-stratified (train rows, validation rows) folds of ``rows``.
+def patient_folds(labels: np.ndarray, patients: np.ndarray, rows: np.ndarray, k: int, seed: int, *,
+                  classes: Sequence[str] | None = None, group: str = "patient") -> list[tuple[np.ndarray, np.ndarray]]:
+    """K patient-grouped (``patients``: the groups, sites with ``group="site"``), label-stratified
+    (train rows, validation rows) folds of ``rows``.
 
-    Every validation fold holds both classes (AUC needs them), so ``k`` is capped by the
-    patients that hold the rarer class, with a warning, never an error; 1 fold means no CV.
+    Every validation fold holds every class (AUC needs them), so ``k`` is capped by the patients that
+    hold the rarest class, with a warning, never an error; 1 fold means no CV.
     """
     rows = np.asarray(rows)
-    cap = max_folds(labels[rows], patients[rows])
+    names = class_names(classes, labels)
+    counts = class_groups(labels[rows], patients[rows], len(names)) if rows.size else np.zeros(len(names), int)
+    cap = int(counts.min())
     if k > cap:
-        log.warning("tuner.cv_folds=%d lowered to %d: only %d of the %d patients outside the test "
-                    "split hold class %d, and every fold's validation patients need both classes",
-                    k, cap, cap, np.unique(patients[rows]).size,
-                    int(np.argmin([np.unique(patients[rows][labels[rows] == c]).size for c in (0, 1)])))
+        log.warning("tuner.cv_folds=%d lowered to %d: only %d of the %d %ss outside the test split hold "
+                    "class %s, and every fold's validation %ss need %s", k, cap, cap,
+                    np.unique(patients[rows]).size, group, names[int(np.argmin(counts))], group, _every(names))
         k = cap
     if k < 2:
         return []
@@ -151,6 +304,6 @@ def patient_folds(labels: np.ndarray, patients: np.ndarray, rows: np.ndarray, k:
     for attempt in range(ATTEMPTS):
         splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed + attempt * 7919)
         folds = [(rows[a], rows[b]) for a, b in splitter.split(rows, labels[rows], patients[rows])]
-        if all(np.unique(labels[val]).size == 2 for _, val in folds):
+        if all(_holds(labels[val], len(names)) for _, val in folds):
             return [(np.sort(train), np.sort(val)) for train, val in folds]
-    raise DatasetError(f"could not make {k} patient folds that each hold both classes; lower tuner.cv_folds")
+    raise DatasetError(f"could not make {k} {group} folds that each hold {_every(names)}; lower tuner.cv_folds")

@@ -252,3 +252,37 @@ def test_an_image_size_far_above_the_patches_warns_once(tiny_root, tmp_path, cap
         load(data_cfg(root, image_size=64), progress=False)
         load(data_cfg(root, image_size=128, small_patches="resize"), progress=False)
     assert "much larger than the patches" not in caplog.text
+
+
+def test_load_splits_by_site_or_as_the_source_gives_it(tiny_root, tmp_path, monkeypatch, caplog):
+    """data.group_by=site holds out whole sites; parts the source gives are the split; a site grouping
+    without sites, or a patient under two sites, fails before any decoding."""
+    from histo_exp.data import sources
+
+    root = tmp_path / "copy"
+    shutil.copytree(tiny_root, root)
+    with pytest.raises(DatasetError, match="^data.group_by=site needs each patch's site"):
+        load(data_cfg(root, group_by="site"), progress=False)
+    m = index(root)
+    site_of = {"90001": "A", "90002": "A", "90003": "B", "90004": "B", "90005": "C", "90006": "C"}
+    m.sites = np.array([site_of[p] for p in m.patients])
+    wrong = m.subset(np.arange(len(m)))
+    wrong.sites = np.where(np.arange(len(m)) == 0, "C", wrong.sites)  # one patch of patient 90001 under C
+    monkeypatch.setattr(sources, "read", lambda cfg, progress: wrong)
+    with pytest.raises(DatasetError, match="^patient 90001 is under 2 sites \\(A, C\\)"):
+        load(data_cfg(root, group_by="site"), progress=False)
+    assert not (tmp_path / "ingest").exists()
+
+    monkeypatch.setattr(sources, "read", lambda cfg, progress: m)
+    data = load(data_cfg(root, group_by="site"), progress=False)
+    parts = [set(data.sites[getattr(data.split, p)]) for p in ("train", "val", "test")]
+    assert sorted(map(len, parts)) == [1, 1, 1] and set.union(*parts) == {"A", "B", "C"}
+    assert data.groups is data.sites and list(data.cache.glob("split-site-*.npz"))
+    assert data.split_table().splitlines()[0] == "patient,split,patches,idc_share,site"
+
+    m.parts = np.array([{"A": "train", "B": "val", "C": "test"}[s] for s in m.sites])
+    with caplog.at_level(logging.INFO, logger="histo_exp.data"):
+        given = load(data_cfg(root, val_fraction=0.5), progress=False)
+    assert "used as given" in caplog.text
+    for part in ("train", "val", "test"):
+        assert np.array_equal(getattr(given.split, part), np.flatnonzero(m.parts == part))
