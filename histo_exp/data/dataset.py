@@ -14,7 +14,8 @@ import numpy as np
 from histo_exp.data import sources
 from histo_exp.data.cache import Cached, ingest
 from histo_exp.data.index import DatasetError, Manifest
-from histo_exp.data.split import PARTS, Split, check_splittable, grouping, split_once
+from histo_exp.data.split import Split, split_once
+from histo_exp.data.split_checks import PARTS, check_splittable, grouping
 from histo_exp.settings import Data, check_data
 from histo_exp.settings.fields import build
 from histo_exp.space import to_plain

@@ -8,16 +8,8 @@ import pytest
 
 from histo_exp.data.dataset import PatchData
 from histo_exp.data.index import DatasetError
-from histo_exp.data.split import (
-    PARTS,
-    SITES_NEEDED,
-    Split,
-    check_splittable,
-    grouping,
-    patient_folds,
-    split_by_patient,
-    split_once,
-)
+from histo_exp.data.split import Split, patient_folds, split_by_patient, split_once
+from histo_exp.data.split_checks import PARTS, SITES_NEEDED, check_splittable, grouping
 
 CLASSES = ("benign", "in situ", "invasive")
 
