@@ -100,7 +100,7 @@ def without_own_outputs(manifest: Manifest, out: Path, maps: Path) -> Manifest:
     if own.all():
         from histo_exp.data.index import DatasetError
 
-        raise DatasetError(f"no .png/.jpg images under {str(manifest.root)!r} but this command's own "
+        raise DatasetError(f"no PNG, JPEG, TIFF or BMP images under {str(manifest.root)!r} but this command's own "
                            f"outputs ({out.name}, {maps})")
     return manifest.subset(~own) if own.any() else manifest
 

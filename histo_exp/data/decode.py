@@ -123,7 +123,7 @@ def decode(
         fitted: Counter = Counter()
         sizes: Counter = Counter()
         for j, i in enumerate(range(lo, hi)):
-            img = _read(root + paths[i], color)
+            img = _read(os.path.join(root, paths[i]), color)  # an absolute path (a manifest's) stays whole
             if img is not None and img.shape[:2] == full:  # nearly every patch: nothing to count
                 rows[j] = img
                 continue

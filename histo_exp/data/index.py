@@ -17,7 +17,7 @@ from histo_exp.errors import UsageError
 
 LAYOUT = "<root>/<patient_id>/<0|1>/<patient_id>_idx5_x<X>_y<Y>_class<0|1>.png"
 KAGGLE_TOP = "IDC_regular_ps50_idx5"
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 # One name per line; findall parses a whole folder in C (277,524 files in well under a second).
 NAME = re.compile(r"^(([^_/\n]+)_idx5_x(\d+)_y(\d+)_class([01])\.[^\n]*)$", re.I | re.M)
 
@@ -236,7 +236,7 @@ def index_files(source: str | os.PathLike) -> Manifest:
     else:
         raise DatasetError(f"input {str(source)!r} is neither a file nor a folder")
     if not files:
-        raise DatasetError(f"no .png/.jpg images under {str(source)!r}")
+        raise DatasetError(f"no PNG, JPEG, TIFF or BMP images under {str(source)!r}")
     parsed = [NAME.match(Path(f).name) for f in files]
     return Manifest(
         root=root, paths=files,
