@@ -10,6 +10,9 @@ file it reads, the key itself, and the size and times of every file it skipped (
 fixed in place is decoded again). A cache that does not match is rebuilt, with a log line saying
 why; one that cannot be rebuilt is one error naming the folder to delete. The check is a few
 ``stat`` calls, not a read of the pixels, so some damage goes unnoticed (``_open`` says which).
+
+A source that holds its pixels in arrays (PCam's HDF5: ``Manifest.pixels``) is not decoded but copied
+in (``cache_arrays``).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from histo_exp.data.build_once import build_folder
+from histo_exp.data.cache_arrays import Target, copy_pixels
 from histo_exp.data.index import Manifest
 from histo_exp.errors import EnvironmentFault
 
@@ -170,27 +174,27 @@ def _build(tmp: Path, manifest: Manifest, key: CacheKey, workers: int | None, pr
     header = np.lib.format.open_memmap(tmp / IMAGES, mode="w+", dtype=np.uint8, shape=shape)
     offset, row_bytes = header.offset, int(np.prod(shape[1:]))
     del header
-    fd = os.open(tmp / IMAGES, os.O_WRONLY)
-
-    def write(first: int, rows: np.ndarray) -> None:  # from the decoding threads: pwrite releases the GIL
-        data, at = memoryview(rows).cast("B"), offset + first * row_bytes
-        while data:
-            done = os.pwrite(fd, data, at)
-            data, at = data[done:], at + done
-
+    target = Target(os.open(tmp / IMAGES, os.O_WRONLY), offset, row_bytes)
     try:
-        decoded = decode(manifest, key.image_size, key.color, key.small_patches, workers, progress, write=write)
+        if manifest.pixels is None:
+            decoded = decode(manifest, key.image_size, key.color, key.small_patches, workers, progress,
+                             write=target.write)
+        else:
+            decoded = copy_pixels(manifest, key, progress, target)
     finally:
-        os.close(fd)  # no fsync: it would wait seconds for the disk; the page cache serves every reader
+        os.close(target.fd)  # no fsync: it would wait seconds for the disk; the page cache serves every reader
     np.save(tmp / USABLE, decoded.usable)
     (tmp / SKIPPED).write_text("".join(f"{p}\t{why}\n" for p, why in sorted(decoded.skipped.items())))
     _write_manifest(tmp / MANIFEST, manifest)
     small, typical = decoded.mostly_padding(key.image_size)
+    # A skipped file is stamped to notice it fixed in place; rows of an array (no file each) are not:
+    # the arrays' files are in the key's fingerprint.
+    files = () if manifest.pixels is not None else sorted(decoded.skipped)
     stats = {**asdict(key), "patches": len(manifest), "padded": decoded.padded, "resized": decoded.resized,
              "mostly_padding": small, "typical": typical, "format": FORMAT,
              "bytes": {name: os.stat(tmp / name).st_size for name in CHECKED},
              # stamped after decoding: a file rewritten while it was decoded may go unnoticed
-             "skipped_files": {p: _stamp(manifest.root / p) for p in sorted(decoded.skipped)}}
+             "skipped_files": {p: _stamp(manifest.root / p) for p in files}}
     (tmp / KEY).write_text(json.dumps(stats, indent=1))  # written last: its presence marks a complete cache
 
 
@@ -215,7 +219,8 @@ def ingest(
         found = str(why)
 
     def build(tmp: Path) -> None:  # only the process that holds the build lock gets here
-        log.info("decoding %d patches into %s", len(manifest), folder)
+        log.info("%s %d patches into %s", "decoding" if manifest.pixels is None else "copying",
+                 len(manifest), folder)
         _build(tmp, manifest, key, workers, progress)
 
     try:
