@@ -25,8 +25,9 @@ log = logging.getLogger(__name__)
 
 
 def hypermodel(settings: Settings, input_shape: tuple[int, int, int],
-               class_weight: dict[int, float] | None = None) -> SpaceHyperModel:
-    """The model, optimizer and augmentation spaces and the training settings, as one hypermodel."""
+               class_weight: dict[int, float] | None = None, classes: int = 2) -> SpaceHyperModel:
+    """The model, optimizer and augmentation spaces and the training settings, as one hypermodel
+    (its head and loss follow the number of ``classes``)."""
     trainer, data = settings.trainer, settings.data
     return SpaceHyperModel(
         instantiate(settings.model, _partial_=True, _convert_="all"),
@@ -35,7 +36,7 @@ def hypermodel(settings: Settings, input_shape: tuple[int, int, int],
         steps_per_epoch=trainer.steps_per_epoch, class_weight=class_weight, precision=trainer.precision,
         augment=vars(data.augment), gray=data.color == "gray", normalize=data.normalize, seed=settings.seed,
         steps_per_execution=trainer.steps_per_execution, lr_scaling=trainer.lr_scaling,
-        batch_size=trainer.batch_size, lr_base_batch=trainer.lr_base_batch,
+        batch_size=trainer.batch_size, lr_base_batch=trainer.lr_base_batch, classes=classes,
     )
 
 
@@ -51,7 +52,7 @@ def class_weight(data: PatchData, mode: str | None) -> dict[int, float] | None:
     """``auto``: scikit-learn's balanced weights on the training split (they average to 1)."""
     if mode in (None, "none"):
         return None
-    return balanced_weights(data.labels[data.split.train])
+    return balanced_weights(data.labels[data.split.train], len(data.classes))
 
 
 def fold_count(settings: Settings, patients: int) -> int:
@@ -68,11 +69,12 @@ def cv_folds(settings: Settings, data: PatchData) -> list[tuple[PatchBatches, Pa
     """Patient folds of the non-test patients as (train, validation) batches; [] for the one split."""
     rows = np.sort(np.concatenate([data.split.train, data.split.val]))
     patients = np.unique(data.patients[rows])
-    folds = patient_folds(data.labels, data.patients, rows, fold_count(settings, patients.size), settings.seed)
+    folds = patient_folds(data.labels, data.groups, rows, fold_count(settings, patients.size), settings.seed,
+                          classes=data.classes, group=data.group_by)
     if folds:
-        log.info("tuner.cv_folds: each trial trains on %d patient folds of %d patients:\n%s", len(folds),
+        log.info("tuner.cv_folds: each trial trains on %d %s folds of %d patients:\n%s", len(folds), data.group_by,
                  patients.size, "\n".join(
-                     f"  fold {i}: validation patients {', '.join(map(str, np.unique(data.patients[v])))}"
+                     f"  fold {i}: validation {data.group_by}s {', '.join(map(str, np.unique(data.groups[v])))}"
                      for i, (_, v) in enumerate(folds)))
     size, workers = settings.trainer.batch_size, settings.trainer.loader_workers
     return [(PatchBatches(data.images, data.labels, train, size, shuffle=True, seed=settings.seed, workers=workers),
@@ -89,7 +91,8 @@ def tuner(settings: Settings, data: PatchData, tracker: Tracker, folder: SearchF
                  ", ".join(f"{c}: {w:.3f}" for c, w in weights.items()))
     folder.ready(settings.tuner.overwrite)
     args = tuner_arguments(settings.tuner) | ({"overwrite": False} if folder.role == "worker" else {})
-    return instantiate(args, hypermodel=hypermodel(settings, data.input_shape, weights), tracker=tracker,
+    return instantiate(args, hypermodel=hypermodel(settings, data.input_shape, weights, len(data.classes)),
+                       tracker=tracker,
                        folds=cv_folds(settings, data), role=folder.role)
 
 

@@ -105,21 +105,41 @@ def without_own_outputs(manifest: Manifest, out: Path, maps: Path) -> Manifest:
     return manifest.subset(~own) if own.any() else manifest
 
 
+IDC_NAMES = ["no IDC", "IDC"]  # the classes every IDC-layout model carries: its CSV keeps prob_idc and 0/1 labels
+
+
+def class_names(meta: dict) -> list[str] | None:
+    """The model's classes from its metadata (never from the input); None for IDC's (and metadata-less) models."""
+    names = list(meta.get("classes", IDC_NAMES))
+    return None if names == IDC_NAMES else names
+
+
+def scored(p: np.ndarray, threshold: float | None, names: list[str] | None) -> list[str | int]:
+    """One usable file's probability columns and label: IDC's probability and 0/1 at the threshold, else each
+    class's and the class name (2 classes: the second at the threshold; more: the most probable)."""
+    if names is None:
+        return [f"{p:.6f}", int(p >= threshold)]
+    if p.ndim == 0:  # a 2-class model: the second class's probability
+        return [f"{1 - p:.6f}", f"{p:.6f}", names[int(p >= threshold)]]
+    return [*(f"{v:.6f}" for v in p), names[int(np.argmax(p))]]
+
+
 def write_csv(path: Path, manifest: Manifest, prob: np.ndarray, usable: np.ndarray, skipped: dict[str, str],
-              threshold: float) -> None:
-    """One row per file: its place, IDC probability and label, or why it could not be read.
+              threshold: float | None, names: list[str] | None = None) -> None:
+    """One row per file: its place, probabilities and label (``scored``), or why it could not be read.
 
     Written whole or not at all, and a stop waits for it (a second or two for the whole dataset):
     the predictions took minutes, and a half CSV would pass for a whole one.
     """
+    columns = ["prob_idc"] if names is None else [f"prob_{name}" for name in names]
     with signals.deferred(), written(path) as partial, partial.open("w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["path", "patient", "x", "y", "prob_idc", "label", "error"])
+        w.writerow(["path", "patient", "x", "y", *columns, "label", "error"])
         for i, rel in enumerate(manifest.paths):
             good = bool(usable[i])
             w.writerow([str(manifest.root / rel), manifest.patients[i],
                         manifest.x[i] if manifest.x[i] >= 0 else "", manifest.y[i] if manifest.y[i] >= 0 else "",
-                        f"{prob[i]:.6f}" if good else "", int(prob[i] >= threshold) if good else "",
+                        *(scored(prob[i], threshold, names) if good else [""] * (len(columns) + 1)),
                         "" if good else skipped.get(rel, "unreadable")])
 
 
@@ -145,20 +165,22 @@ def predict_files(cfg: DictConfig) -> Path:
         model, meta = load_model(path)
     size, channels = model.input_shape[1], model.input_shape[-1]
     color = meta.get("color", "gray" if channels == 1 else "rgb")
-    threshold = float(meta.get("threshold", 0.5))
+    threshold = meta.get("threshold", 0.5)  # None: more than 2 classes, the most probable one
+    names = class_names(meta)
     if "threshold" not in meta:
         log.warning("%s carries no histo_exp metadata: using threshold 0.5", path)
     signals.check()
     decoded = decode(manifest, size, color, "pad", cfg.workers)
     ok = np.flatnonzero(decoded.usable)
-    prob = np.full(len(manifest), np.nan)
+    outputs = int(model.output_shape[-1])
+    prob = np.full(len(manifest) if outputs == 2 else (len(manifest), outputs), np.nan)
     if ok.size:
         batches = PatchBatches(decoded.images, np.maximum(manifest.labels, 0), ok, int(cfg.batch_size))
         prob[ok] = predict(model, batches).y_prob
     out.parent.mkdir(parents=True, exist_ok=True)
-    write_csv(out, manifest, prob, decoded.usable, decoded.skipped, threshold)
-    log.info("%d images, %d predicted, %d errors, threshold %.3f -> %s", len(manifest), ok.size,
-             len(manifest) - ok.size, threshold, out)
+    write_csv(out, manifest, prob, decoded.usable, decoded.skipped, threshold, names)
+    log.info("%d images, %d predicted, %d errors, %s -> %s", len(manifest), ok.size, len(manifest) - ok.size,
+             "the most probable class" if threshold is None else f"threshold {threshold:.3f}", out)
     if patient_maps(manifest.patients[ok], manifest.x[ok], manifest.y[ok], manifest.labels[ok], prob[ok],
                     threshold, maps, images=decoded.images, rows=ok):
         log.info("probability maps: %s", maps)

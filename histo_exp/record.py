@@ -24,6 +24,8 @@ from histo_exp.tuning.search_folder import SearchFolder
 from histo_exp.tuning.trials import format_hparams, from_tuner_dir, trials_csv
 
 log = logging.getLogger(__name__)
+IDC_CLASSES = ("0", "1")  # the labels of IDC's layout (and of the 2-class synthetic set)
+NOTE = "mlflow.note.content"  # the tag MLflow shows as the run's description
 
 
 def open_search_run(cfg: DictConfig, settings: Settings, tracker: Tracker, folder: SearchFolder) -> None:
@@ -48,7 +50,7 @@ def log_results(settings: Settings, data: PatchData, final: FinalModel, tuner: k
     trial = final.trials[0]
     metrics = {"best_val_auc": float(trial.score), **result.metrics}
     tracker.log_metrics(metrics)
-    tracker.set_tags({FINAL_MODEL: final.description})
+    tracker.set_tags({FINAL_MODEL: final.description, **run_note(data.classes)})
     save_final_model(settings, data, final, tuner, result, tracker, out)
     tracker.register(float(trial.score), data.fingerprint)
     for path in plots(result, tuner, trial, out):
@@ -72,10 +74,27 @@ def save_final_model(settings: Settings, data: PatchData, final: FinalModel, tun
             "network_color": settings.data.color, "threshold": result.threshold,
             "threshold_method": str(settings.eval.threshold), "threshold_from": "validation patients' predictions"
             + (" (out of fold)" if tuner.folds else ""), "kept": final.description, "tta": final.tta,
-            "trials": [t.trial_id for t in final.trials], "classes": ["no IDC", "IDC"], **provenance()}
+            "trials": [t.trial_id for t in final.trials], "classes": model_classes(data.classes), **provenance()}
+    if result.threshold is None:
+        meta["decision"] = "argmax"  # more than 2 classes: the most probable one, no threshold
     saved = save_model(final.model, out / "best_model.keras", meta)
     tracker.log_artifact(saved, "model")
     tracker.log_model(saved, data.input_shape)
+
+
+def model_classes(classes: tuple[str, ...]) -> list[str]:
+    """The class names the saved model carries, in its output's order: IDC's layout keeps the names its
+    models have always had (prediction reads them from here, never from its input)."""
+    return ["no IDC", "IDC"] if tuple(classes) == IDC_CLASSES else list(classes)
+
+
+def run_note(classes: tuple[str, ...]) -> dict[str, str]:
+    """The run's description when there are more than 2 classes: what ``val_auc`` and ``test_auc`` then mean."""
+    if len(classes) <= 2:
+        return {}
+    return {NOTE: f"{len(classes)} classes ({', '.join(classes)}): val_auc and test_auc are the macro one-vs-rest "
+                  "AUC (the mean of each class's AUC against the rest, each logged as auc_<class>); the decision "
+                  "is the most probable class."}
 
 
 def plots(result: Evaluation, tuner: kt.Tuner, best: kt.engine.trial.Trial, out: Path) -> list[Path]:

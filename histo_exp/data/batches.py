@@ -14,8 +14,6 @@ import os
 import keras
 import numpy as np
 
-ONE_HOT = np.eye(2, dtype="float32")
-
 
 def release_pages(images: np.ndarray) -> None:
     """Drop the pages of a memory map from this process (they stay in the OS page cache).
@@ -92,6 +90,8 @@ class PatchBatches(keras.utils.PyDataset):
         self.seed = seed
         self._epoch = 0
         self._order = self._epoch_order()
+        # One-hot targets for the softmax head: as many columns as classes (two at least: a binary model's).
+        self.one_hot = np.eye(max(2, int(np.max(labels, initial=0)) + 1), dtype="float32")
 
     def __len__(self) -> int:
         return math.ceil(len(self.indices) / self.batch_size)
@@ -105,7 +105,7 @@ class PatchBatches(keras.utils.PyDataset):
         else:
             x = self.images[idx]
             release_pages(self.images)
-        return x, ONE_HOT[self.labels[idx]]
+        return x, self.one_hot[self.labels[idx]]
 
     def _epoch_order(self) -> np.ndarray:
         if not self.shuffle:

@@ -23,6 +23,11 @@ from histo_exp.space import to_plain
 log = logging.getLogger(__name__)
 
 
+def class_label(name: str) -> str:
+    """A class as the console says it: IDC's "0" is "class 0", a named class ("benign") its name."""
+    return f"class {name}" if name.isdigit() else name
+
+
 @dataclass
 class PatchData:
     """Cached patches (a memory map, one row per indexed file) and a split over the kept rows."""
@@ -112,7 +117,7 @@ class PatchData:
         totals = [sum(row[3][c] for row in counts) for c in range(len(self.classes))]
         where = f" at {len({row[2] for row in counts})} sites" if self.sites is not None else ""
         lines = [f"{sum(totals)} patches from {len(counts)} patients{where} in {self.root}: "
-                 + ", ".join(f"{n} class {name}" for name, n in zip(self.classes, totals, strict=True))
+                 + ", ".join(f"{n} {class_label(name)}" for name, n in zip(self.classes, totals, strict=True))
                  + (" (IDC)" if self.idc else "")]
         lines += [self._part_line(part, counts) for part in PARTS]
         if per_patient:
@@ -139,12 +144,12 @@ class PatchData:
             share = f"{self.labels[idx].mean():.0%} IDC"
         else:
             shares = np.bincount(self.labels[idx], minlength=len(self.classes)) / idx.size
-            share = ", ".join(f"{s:.0%} {name}" for name, s in zip(self.classes, shares, strict=True))
+            share = ", ".join(f"{s:.0%} {class_label(name)}" for name, s in zip(self.classes, shares, strict=True))
         return f"  {part:5s}: {idx.size:6d} patches, {held:3d} patients{sites}, {share}"
 
     def _patient_lines(self, counts: list) -> list[str]:
         """The per-patient table of the summary: split part, site (where known), patches of each class."""
-        heads = [f"class {name}" for name in self.classes]
+        heads = [class_label(name) for name in self.classes]
         widths = [max(7, len(h)) for h in heads]
         site_width = max([4] + [len(row[2]) for row in counts])
         site = self.sites is not None

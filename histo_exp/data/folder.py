@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from histo_exp.data.index import DatasetError, Manifest, images_under
+from histo_exp.data.sources import data_root
 from histo_exp.settings import Data
 
 KINDS = "PNG, JPEG, TIFF or BMP"
@@ -170,7 +171,7 @@ def patient_of(path: str, parts: list[str], pattern: re.Pattern | None) -> str:
 
 def read(cfg: Data, progress: bool = True) -> Manifest:
     """The manifest of ``data.root`` laid out as ``<root>/<class>/<patient>/.../<image>``."""
-    root = folder_root(cfg.root)
+    root = folder_root(data_root(cfg))  # the generated set for data=synthetic with more than two classes
     folders = class_folders(root)
     classes = class_order(
         folders, cfg.classes,

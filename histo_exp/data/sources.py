@@ -26,7 +26,9 @@ READERS = {
 
 def read(cfg: Data, progress: bool = True) -> Manifest:
     """The manifest of the dataset ``cfg`` describes, by its source's reader."""
-    module, name = READERS[cfg.source].split(":")
+    # The synthetic set of more than two classes is generated as a folder tree (``synthetic.generate``).
+    source = "folder" if cfg.synthetic and cfg.synthetic.classes > 2 else cfg.source
+    module, name = READERS[source].split(":")
     return getattr(importlib.import_module(module), name)(cfg, progress)
 
 

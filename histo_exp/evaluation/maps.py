@@ -52,14 +52,22 @@ def plot_patient_map(
     patient: str, x: np.ndarray, y: np.ndarray, labels: np.ndarray | None, prob: np.ndarray,
     path: Path, images: np.ndarray | None = None, threshold: float | None = None,
 ) -> Path:
-    """Tissue (when given), ground truth (when known) and predicted IDC probability side by side."""
+    """Tissue (when given), ground truth (when known) and predicted IDC probability side by side; for more than
+    2 classes (``prob`` of shape (n, classes)) the predicted class, in the ground truth's colours."""
     panels = []
     if images is not None:
         panels.append(("tissue", mosaic(x, y, images), {"cmap": "gray" if images.shape[-1] == 1 else None}))
-    if labels is not None:
-        panels.append(("ground truth (IDC = red)", grid(x, y, labels),
-                       {"cmap": matplotlib.colors.ListedColormap(["#d9d9d9", "#d62728"]), "vmin": 0, "vmax": 1}))
-    panels.append(("predicted IDC probability", grid(x, y, prob), {"cmap": "inferno", "vmin": 0, "vmax": 1}))
+    if prob.ndim == 2:
+        colours = {"cmap": matplotlib.colormaps["tab10"].resampled(prob.shape[1]), "vmin": -0.5,
+                   "vmax": prob.shape[1] - 0.5}
+        if labels is not None:
+            panels.append(("ground truth (class colours)", grid(x, y, labels), colours))
+        panels.append(("predicted class", grid(x, y, np.argmax(prob, axis=1)), colours))
+    else:
+        if labels is not None:
+            panels.append(("ground truth (IDC = red)", grid(x, y, labels),
+                           {"cmap": matplotlib.colors.ListedColormap(["#d9d9d9", "#d62728"]), "vmin": 0, "vmax": 1}))
+        panels.append(("predicted IDC probability", grid(x, y, prob), {"cmap": "inferno", "vmin": 0, "vmax": 1}))
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4.4), dpi=110, squeeze=False)
     for ax, (title, img, kw) in zip(axes[0], panels, strict=False):
         shown = ax.imshow(img, interpolation="nearest", **kw)

@@ -1,7 +1,10 @@
-"""Patch-level metrics of the IDC class at a decision threshold chosen on validation."""
+"""Patch-level metrics: of the positive class at a decision threshold chosen on validation (2 classes), or of
+every class with the most probable one as the decision (more). ``auc`` is the macro one-vs-rest AUC then."""
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,19 +22,61 @@ from sklearn.metrics import (
 from histo_exp.errors import UsageError
 
 METRICS = ("auc", "pr_auc", "f1", "balanced_accuracy", "sensitivity", "specificity", "accuracy")
+CLASS_METRICS = ("auc", "pr_auc", "f1", "balanced_accuracy", "accuracy")  # more than 2 classes: macro means
 
 
 @dataclass
 class Scores:
-    """IDC probabilities of one split, their true labels and patients."""
+    """Probabilities of one split (the positive class's, (n,), for 2 classes; (n, classes) for more), their
+    true labels and patients."""
 
     y_true: np.ndarray
     y_prob: np.ndarray
     patients: np.ndarray | None = None
 
     @property
+    def multiclass(self) -> bool:
+        return self.y_prob.ndim == 2
+
+    @property
     def auc(self) -> float:
-        return float(roc_auc_score(self.y_true, self.y_prob))
+        return auc(self.y_true, self.y_prob)
+
+
+def class_key(name: str) -> str:
+    """The metric name of one class's AUC: ``auc_<name>``, with what MLflow refuses in a name as ``_``."""
+    return "auc_" + re.sub(r"[^\w.\- /]", "_", name)
+
+
+def auc(y_true: np.ndarray, y_prob: np.ndarray) -> float:
+    """ROC AUC: of the positive column (n,), or the macro one-vs-rest AUC of (n, classes) probabilities."""
+    if y_prob.ndim == 1:
+        return float(roc_auc_score(y_true, y_prob))
+    return float(roc_auc_score(y_true, y_prob, multi_class="ovr", average="macro", labels=np.arange(y_prob.shape[1])))
+
+
+def class_metrics(y_true: np.ndarray, y_prob: np.ndarray, names: Sequence[str]) -> dict[str, float]:
+    """More than 2 classes: the argmax decision's macro means, and each class's one-vs-rest AUC (``class_key``)."""
+    classes = np.arange(y_prob.shape[1])
+    y_pred = np.argmax(y_prob, axis=1)
+    one_hot = y_true[:, None] == classes
+    out = {
+        "auc": auc(y_true, y_prob),
+        "pr_auc": float(average_precision_score(one_hot, y_prob, average="macro")),
+        "f1": float(f1_score(y_true, y_pred, labels=classes, average="macro", zero_division=0)),
+        "balanced_accuracy": float(balanced_accuracy_score(y_true, y_pred)),
+        "accuracy": float(accuracy_score(y_true, y_pred)),
+    }
+    for k, name in enumerate(names):
+        out[class_key(name)] = float(roc_auc_score(one_hot[:, k], y_prob[:, k]))
+    return out
+
+
+def split_metrics(scores: Scores, threshold: float, names: Sequence[str]) -> dict[str, float]:
+    """The metrics of one split: ``binary_metrics`` at ``threshold`` for 2 classes, ``class_metrics`` for more."""
+    if scores.multiclass:
+        return class_metrics(scores.y_true, scores.y_prob, names)
+    return binary_metrics(scores.y_true, scores.y_prob, threshold)
 
 
 def choose_threshold(y_true: np.ndarray, y_prob: np.ndarray, method: str | float) -> float:
@@ -75,41 +120,64 @@ def rank_auc(y_true: np.ndarray, y_prob: np.ndarray) -> float:
     return float((ranks[positive].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
 
 
+Resampled = Callable[[np.ndarray, np.ndarray], dict[str, float]]
+
+
+def binary_resample(threshold: float) -> Resampled:
+    """AUC and F1 at ``threshold`` of one resample."""
+    def stats(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
+        predicted = p >= threshold
+        tp = int((predicted & (y == 1)).sum())
+        return {"auc": rank_auc(y, p), "f1": 2 * tp / max(int(predicted.sum()) + int((y == 1).sum()), 1)}
+    return stats
+
+
+def class_resample(names: Sequence[str]) -> Resampled:
+    """Each class's one-vs-rest AUC and their mean (the macro AUC) of one resample."""
+    def stats(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
+        each = {class_key(name): rank_auc((y == k).astype(int), p[:, k]) for k, name in enumerate(names)}
+        return {"auc": float(np.mean(list(each.values()))), **each}
+    return stats
+
+
 def bootstrap_by_patient(
-    scores: Scores, threshold: float, n: int = 1000, seed: int = 0, level: float = 0.95
+    scores: Scores, threshold: float, n: int = 1000, seed: int = 0, level: float = 0.95,
+    names: Sequence[str] = ("0", "1"),
 ) -> dict[str, tuple[float, float]]:
-    """Percentile CIs of AUC and F1, resampling whole patients (patches of one patient correlate)."""
+    """Percentile CIs of AUC and F1 (2 classes) or of the macro and each class's AUC (more), resampling whole
+    patients (patches of one patient correlate). A resample that lacks a class is left out (AUC is undefined)."""
+    stats = class_resample(names) if scores.multiclass else binary_resample(threshold)
+    classes = len(names) if scores.multiclass else 2
     patients = np.unique(scores.patients)
     rows = [np.flatnonzero(scores.patients == p) for p in patients]
     rng = np.random.default_rng(seed)
-    auc, f1 = [], []
+    drawn: dict[str, list[float]] = {}
     for _ in range(n):
         idx = np.concatenate([rows[i] for i in rng.integers(0, len(rows), len(rows))])
-        y, p = scores.y_true[idx], scores.y_prob[idx]
-        if np.unique(y).size < 2:
-            continue  # AUC is undefined on one class; such resamples are left out
-        auc.append(rank_auc(y, p))
-        predicted = p >= threshold
-        tp = int((predicted & (y == 1)).sum())
-        f1.append(2 * tp / max(int(predicted.sum()) + int((y == 1).sum()), 1))
+        y = scores.y_true[idx]
+        if np.unique(y).size < classes:
+            continue
+        for name, value in stats(y, scores.y_prob[idx]).items():
+            drawn.setdefault(name, []).append(value)
     tail = (1 - level) / 2 * 100
-    if not auc:
-        return {}
-    return {name: (float(np.percentile(v, tail)), float(np.percentile(v, 100 - tail)))
-            for name, v in (("auc", auc), ("f1", f1))}
+    return {name: (float(np.percentile(v, tail)), float(np.percentile(v, 100 - tail))) for name, v in drawn.items()}
 
 
 def metrics_table(val: dict[str, float], test: dict[str, float] | None,
                   ci: dict[str, tuple[float, float]], threshold: float, method: str | float,
-                  test_patients: int) -> str:
-    """The end-of-run table: one row per metric, validation and test side by side (test if any)."""
-    lines = [f"decision threshold {threshold:.3f} (eval.threshold={method}, chosen on validation)",
+                  test_patients: int, names: Sequence[str] | None = None) -> str:
+    """The end-of-run table: one row per metric, validation and test side by side (test if any). ``names``:
+    more than 2 classes, decided by argmax, with a row per class's AUC after the macro means."""
+    decision = (f"decision threshold {threshold:.3f} (eval.threshold={method}, chosen on validation)" if names is None
+                else f"decision: the most probable of {len(names)} classes; auc and pr_auc are macro one-vs-rest means")
+    rows = METRICS if names is None else (*CLASS_METRICS, *map(class_key, names))
+    lines = [decision,
              f"{'metric':18s} {'val':>7s} {'test':>7s}   test 95% CI (by patient)"]
     if test is None:
         lines[1] = f"{'metric':18s} {'val':>7s}   (no test patients: data.test_fraction=0)"
     elif test_patients < 10:
         lines[1] += f": only {test_patients} test patients, so a rough one"
-    for name in METRICS:
+    for name in rows:
         interval = f"   [{ci[name][0]:.3f}, {ci[name][1]:.3f}]" if name in ci else ""
         tested = f" {test[name]:7.4f}" if test is not None else ""
         lines.append(f"{name:18s} {val[name]:7.4f}{tested}{interval}")

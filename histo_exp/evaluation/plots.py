@@ -10,10 +10,18 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from sklearn.metrics import confusion_matrix, precision_recall_curve, roc_curve  # noqa: E402
+from sklearn.metrics import (  # noqa: E402
+    average_precision_score,
+    confusion_matrix,
+    precision_recall_curve,
+    roc_auc_score,
+    roc_curve,
+)
 
 from histo_exp.evaluation.metrics import Scores, binary_metrics  # noqa: E402
 from histo_exp.files import written  # noqa: E402
+
+IDC_NAMES = {("0", "1"): ("no IDC", "IDC")}  # IDC's class names, as its figures spell them
 
 
 def _save(fig, path: Path) -> Path:
@@ -64,18 +72,55 @@ def plot_pr(scores: Scores, threshold: float, path: Path, title: str = "Precisio
     return _save(fig, path)
 
 
-def plot_confusion(scores: Scores, threshold: float, path: Path) -> Path:
-    """Confusion matrix at the threshold, counts and row shares."""
-    cm = confusion_matrix(scores.y_true, scores.y_prob >= threshold, labels=[0, 1])
+def plot_confusion(scores: Scores, threshold: float | None, path: Path,
+                   names: Sequence[str] = ("no IDC", "IDC")) -> Path:
+    """Confusion matrix, counts and row shares: at the threshold (2 classes), or of the most probable class."""
+    predicted = np.argmax(scores.y_prob, axis=1) if threshold is None else scores.y_prob >= threshold
+    ticks = list(range(len(names)))
+    cm = confusion_matrix(scores.y_true, predicted, labels=ticks)
     share = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
-    fig, ax = plt.subplots(figsize=(4.2, 3.8), dpi=120)
+    side = max(4.2, 1.1 * len(names) + 1.6)
+    fig, ax = plt.subplots(figsize=(side, side - 0.4), dpi=120)
     ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
     for (i, j), count in np.ndenumerate(cm):
         ax.text(j, i, f"{count}\n{share[i, j]:.1%}", ha="center", va="center",
                 color="white" if share[i, j] > 0.5 else "black")
-    ax.set(xticks=[0, 1], yticks=[0, 1], xticklabels=["no IDC", "IDC"], yticklabels=["no IDC", "IDC"],
-           xlabel="predicted", ylabel="true", title=f"Test patients, threshold {threshold:.2f}")
+    decided = "the most probable class" if threshold is None else f"threshold {threshold:.2f}"
+    ax.set(xticks=ticks, yticks=ticks, xticklabels=names, yticklabels=names,
+           xlabel="predicted", ylabel="true", title=f"Test patients, {decided}")
     return _save(fig, path)
+
+
+def plot_class_curves(scores: Scores, names: Sequence[str], path: Path, kind: str) -> Path:
+    """More than 2 classes: each class's one-vs-rest ROC (``kind="roc"``) or precision-recall curve."""
+    fig, ax = plt.subplots(figsize=(4.8, 4.8), dpi=120)
+    for k, name in enumerate(names):
+        truth = scores.y_true == k
+        if kind == "roc":
+            x, y, _ = roc_curve(truth, scores.y_prob[:, k])
+            ax.plot(x, y, lw=2, label=f"{name} (AUC = {roc_auc_score(truth, scores.y_prob[:, k]):.3f})")
+        else:
+            y, x, _ = precision_recall_curve(truth, scores.y_prob[:, k])
+            ax.plot(x, y, lw=2, label=f"{name} (PR-AUC = {average_precision_score(truth, scores.y_prob[:, k]):.3f})")
+    if kind == "roc":
+        ax.plot([0, 1], [0, 1], ls="--", c="grey", lw=1, label="chance")
+        ax.set(xlabel="false positive rate", ylabel="true positive rate", title=f"ROC, one class against the rest\n"
+               f"{_subtitle(scores)}")
+    else:
+        ax.set(xlabel="recall", ylabel="precision", title=f"Precision-recall, one class against the rest\n"
+               f"{_subtitle(scores)}")
+    ax.set(xlim=(0, 1), ylim=(0, 1.01))
+    ax.legend(loc="lower right" if kind == "roc" else "lower left", fontsize=8)
+    return _save(fig, path)
+
+
+def figures(test: Scores, threshold: float | None, names: Sequence[str], out: Path) -> list[Path]:
+    """The test patients' ROC, PR and confusion figures: at the threshold for 2 classes, per class for more."""
+    if threshold is not None:
+        return [plot_roc(test, threshold, out / "roc.png"), plot_pr(test, threshold, out / "pr.png"),
+                plot_confusion(test, threshold, out / "confusion.png", IDC_NAMES.get(tuple(names), names))]
+    return [plot_class_curves(test, names, out / "roc.png", "roc"), plot_class_curves(test, names, out / "pr.png", "pr"),
+            plot_confusion(test, None, out / "confusion.png", names)]
 
 
 def plot_history(histories: Sequence[Mapping[str, Sequence[float]]], path: Path, title: str) -> Path:

@@ -1,4 +1,4 @@
-"""The original method's CNN: conv blocks, three Dense ReLU layers, a 2-way softmax."""
+"""The original method's CNN: conv blocks, three Dense ReLU layers, a softmax over the classes (2: the original)."""
 
 from __future__ import annotations
 
@@ -16,6 +16,19 @@ class IdcAUC(keras.metrics.AUC):
 
     def update_state(self, y_true, y_pred, sample_weight=None):
         return super().update_state(y_true[:, 1], y_pred[:, 1], sample_weight=sample_weight)
+
+
+def auc_metric(classes: int) -> keras.metrics.Metric:
+    """The training AUC, named ``auc`` (the search's ``val_auc``): the IDC column's for 2 classes, else the
+    mean of each class's one-vs-rest AUC (macro), as the evaluation reports it."""
+    if classes == 2:
+        return IdcAUC(name="auc")
+    return keras.metrics.AUC(name="auc", multi_label=True, num_labels=classes)
+
+
+def loss_for(classes: int) -> keras.losses.Loss:
+    """Binary cross-entropy on the 2-way softmax (the original method's), categorical for more classes."""
+    return keras.losses.BinaryCrossentropy() if classes == 2 else keras.losses.CategoricalCrossentropy()
 
 
 def max_blocks(image_size: int) -> int:
@@ -69,6 +82,7 @@ def build_cnn(
     convs_per_block: int = 1,
     name: str = "cnn",
     dtype: str = "float32",
+    classes: int = 2,
 ) -> keras.Model:
     """Build the uncompiled CNN; inputs are uint8-valued images, scaled to [0, 1] inside.
 
@@ -78,7 +92,7 @@ def build_cnn(
     many convolutions before each pooling (VGG style).
 
     ``dtype`` is a Keras dtype policy (``mixed_bfloat16`` for mixed precision); the softmax
-    output stays float32 either way.
+    output (one column per class) stays float32 either way.
     """
     side = min(input_shape[0], input_shape[1])
     if not 1 <= blocks <= max_blocks(side):
@@ -112,5 +126,5 @@ def build_cnn(
     else:
         layers.append(keras.layers.Flatten(dtype=dtype))
     layers += [keras.layers.Dense(units, activation="relu", dtype=dtype) for units in dense_units]
-    layers.append(keras.layers.Dense(2, activation="softmax", dtype="float32"))
+    layers.append(keras.layers.Dense(classes, activation="softmax", dtype="float32"))
     return keras.Sequential(layers, name=name)

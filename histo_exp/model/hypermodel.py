@@ -19,17 +19,17 @@ from sklearn.utils.class_weight import compute_class_weight
 
 from histo_exp.errors import UsageError
 from histo_exp.model.augment import input_layers
-from histo_exp.model.cnn import IdcAUC, max_blocks
+from histo_exp.model.cnn import auc_metric, loss_for, max_blocks
 from histo_exp.model.stop_check import StopCheck
 from histo_exp.space import sample, to_plain
 
 log = logging.getLogger(__name__)
 
 
-def balanced_weights(labels: np.ndarray) -> dict[int, float]:
+def balanced_weights(labels: np.ndarray, classes: int = 2) -> dict[int, float]:
     """scikit-learn's balanced class weights (inverse class frequency; they average to 1 per patch)."""
-    weights = compute_class_weight("balanced", classes=np.array([0, 1]), y=labels)
-    return {0: float(weights[0]), 1: float(weights[1])}
+    weights = compute_class_weight("balanced", classes=np.arange(classes), y=labels)
+    return {k: float(w) for k, w in enumerate(weights)}
 
 
 def bound_blocks(model_cfg: Mapping, image_size: int) -> dict:
@@ -85,6 +85,7 @@ class SpaceHyperModel(kt.HyperModel):
         lr_scaling: str = "none",
         batch_size: int = 64,
         lr_base_batch: int = 64,
+        classes: int = 2,
     ) -> None:
         super().__init__(name=str(model.keywords.get("name", model.func.__name__)))
         self.build_model: Callable[..., keras.Model] = model.func
@@ -103,6 +104,7 @@ class SpaceHyperModel(kt.HyperModel):
         self.seed = seed
         self.steps_per_execution = int(steps_per_execution)
         self.lr_factor = lr_factor(lr_scaling, batch_size, lr_base_batch)
+        self.classes = int(classes)  # the builder is told only when not 2, so a 2-class builder needs no such keyword
 
     def build(self, hp: kt.HyperParameters) -> keras.Model:
         """The sampled network behind the input layers: training-only augmentation, then gray if asked.
@@ -112,16 +114,17 @@ class SpaceHyperModel(kt.HyperModel):
         augment = {"flip": False, "rotate90": False, **sample(hp, self.augment_space)}  # unset: off
         front = input_layers(**augment, gray=self.gray, normalize=self.normalize, seed=self.seed)
         channels = 1 if self.gray else self.input_shape[-1]
+        head = {"classes": self.classes} if self.classes != 2 else {}
         net = self.build_model((*self.input_shape[:-1], channels), **sample(hp, self.model_space),
-                               dtype=self.precision)
+                               dtype=self.precision, **head)
         model = keras.Sequential([keras.Input(self.input_shape), *front, net], name=net.name) if front else net
         settings = sample(hp, self.optimizer_space)
         if "learning_rate" in settings and self.lr_factor != 1:  # the space is written for lr_base_batch
             settings["learning_rate"] = float(settings["learning_rate"]) * self.lr_factor
         model.compile(
             optimizer=self.make_optimizer(**settings),
-            loss=keras.losses.BinaryCrossentropy(),
-            metrics=[IdcAUC(name="auc")],
+            loss=loss_for(self.classes),
+            metrics=[auc_metric(self.classes)],
             steps_per_execution=self.steps_per_execution,
         )
         return model

@@ -44,6 +44,7 @@ class Augment:
 class Synthetic:
     patients: int = bounded(3)
     patches_per_patient: int = bounded(1)
+    classes: int = bounded(2)  # 2: IDC's layout; more: classes "class 0" ... in the folder layout
 
 
 @dataclass(frozen=True)

@@ -44,10 +44,13 @@ def log_pyfunc_model(client: MlflowClient, experiment_id: str, run_id: str, kera
     from mlflow.types import Schema, TensorSpec
 
     import histo_exp
-    from histo_exp.tracking.pyfunc import KERAS_ARTIFACT, IdcProbability
+    from histo_exp.model.saving import read_meta
+    from histo_exp.tracking.pyfunc import KERAS_ARTIFACT, IdcProbability, idc_only
 
+    meta = read_meta(keras_path)
+    output = (-1,) if idc_only(meta) else (-1, len(meta["classes"]))  # one probability per class but for IDC
     signature = ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, *input_shape))]),
-                               outputs=Schema([TensorSpec(np.dtype(np.float32), (-1,))]))
+                               outputs=Schema([TensorSpec(np.dtype(np.float32), output)]))
     model = client.create_logged_model(experiment_id, name=MODEL_NAME, source_run_id=run_id)
     try:
         with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings(), _quiet_model_logging():

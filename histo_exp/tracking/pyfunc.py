@@ -1,4 +1,5 @@
-"""The MLflow pyfunc face of a saved model: uint8 patches in, IDC probabilities out.
+"""The MLflow pyfunc face of a saved model: uint8 patches in, IDC probabilities out (IDC's models), or one
+probability per class in the model's class order (any other model).
 
 ``mlflow models serve`` and ``mlflow.pyfunc.load_model`` use it; ``histo_exp.tracking.models`` logs it.
 """
@@ -10,6 +11,12 @@ import mlflow.pyfunc
 import numpy as np
 
 KERAS_ARTIFACT = "keras_model"  # the key of the .keras file in the pyfunc model's artifacts
+IDC_NAMES = ["no IDC", "IDC"]  # the classes of every IDC-layout model: they serve the IDC column alone
+
+
+def idc_only(meta: dict) -> bool:
+    """Whether the model serves IDC's one probability (its classes, from its metadata; none: an IDC model)."""
+    return list(meta.get("classes", IDC_NAMES)) == IDC_NAMES
 
 
 class IdcProbability(mlflow.pyfunc.PythonModel):
@@ -23,13 +30,16 @@ class IdcProbability(mlflow.pyfunc.PythonModel):
         os.environ.setdefault("KERAS_BACKEND", self.backend)  # before the first import of keras
         from histo_exp.model.saving import load_model
 
-        self.model, _ = load_model(context.artifacts[KERAS_ARTIFACT])
+        self.model, meta = load_model(context.artifacts[KERAS_ARTIFACT])
+        self.idc = idc_only(meta)
 
     # np.ndarray is a hint MLflow accepts without deriving a schema from it: the logged signature rules.
     def predict(self, context: Any, model_input: np.ndarray, params: dict | None = None) -> np.ndarray:
-        """The IDC-class probability of each patch of a uint8 (N, H, W, C) batch, float32 (N,)."""
+        """The IDC-class probability of each patch of a uint8 (N, H, W, C) batch, float32 (N,); a non-IDC
+        model's every class's, float32 (N, classes)."""
         x = np.asarray(model_input.to_numpy() if hasattr(model_input, "to_numpy") else model_input)
         shape = tuple(self.model.input_shape[1:])
         if x.shape[1:] != shape:  # a table or list of flattened patches
             x = x.reshape((-1, *shape))
-        return np.asarray(self.model.predict(x, verbose=0))[:, 1].astype(np.float32)
+        prob = np.asarray(self.model.predict(x, verbose=0))
+        return (prob[:, 1] if self.idc else prob).astype(np.float32)

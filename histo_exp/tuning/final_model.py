@@ -67,9 +67,11 @@ def search_models(tuner: kt.Tuner, trial: kt.engine.trial.Trial, folds: Sequence
 
 def out_of_fold(data: PatchData, members: Sequence[Sequence[tuple[keras.Model, np.ndarray]]],
                 batch_size: int, tta: bool) -> Scores:
-    """Each validation row's IDC probability from the models that never trained on it, averaged over trials."""
+    """Each validation row's probabilities (the IDC column's for 2 classes, every class's for more) from the models
+    that never trained on it, averaged over trials."""
     rows = np.unique(np.concatenate([r for _, r in members[0]]))
-    total = np.zeros(rows.size)
+    classes = len(data.classes)
+    total = np.zeros(rows.size if classes == 2 else (rows.size, classes))
     for trial_models in members:
         for model, val in trial_models:
             scored = predict(with_tta(model) if tta else model, PatchBatches(data.images, data.labels, val, batch_size))
@@ -97,7 +99,7 @@ def refit_model(tuner: kt.Tuner, trial: kt.engine.trial.Trial, data: PatchData, 
     patients = np.unique(data.patients[rows]).size
     log.info("refit trial %s on %d patches of %d patients for %d epochs  [%s]", trial.trial_id, rows.size,
              patients, epochs, format_hparams(trial.hyperparameters.values))
-    weights = balanced_weights(data.labels[rows]) if hypermodel.class_weight else None  # for these patients
+    weights = balanced_weights(data.labels[rows], len(data.classes)) if hypermodel.class_weight else None
     model = hypermodel.build(trial.hyperparameters)
     model.fit(PatchBatches(data.images, data.labels, rows, trainer.batch_size, shuffle=True, seed=seed,
                            workers=trainer.loader_workers),

@@ -55,7 +55,7 @@ def test_adam_fixes_betas_and_epsilon_unless_overridden(compose_cfg):
 ])
 def test_tuner_groups_build_tracked_keras_tuners(compose_cfg, monkeypatch, tuner, cls):
     settings = load(compose_cfg(f"tuner={tuner}", "debug=fast"))
-    data = SimpleNamespace(input_shape=(32, 32, 3))
+    data = SimpleNamespace(input_shape=(32, 32, 3), classes=("0", "1"))
     monkeypatch.setattr(build, "cv_folds", lambda settings, data: [])  # no data: the one split
     monkeypatch.setattr(build, "class_weight", lambda data, mode: None)
     built = build.tuner(settings, data, NullTracker(), SearchFolder.of(settings.tuner))

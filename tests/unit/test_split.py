@@ -174,10 +174,10 @@ def test_the_split_table_lists_sites_and_each_class_and_keeps_idc_as_it_was():
     assert data.split_table() == ("patient,split,patches,site,n_benign,n_in situ,n_invasive\n"
                                   "a,train,2,s0,2,0,0\nb,val,4,s1,1,1,2\nc,test,2,s2,0,1,1\n")
     summary = data.summary(per_patient=True).splitlines()
-    assert summary[0] == "8 patches from 3 patients at 3 sites in /data: 3 class benign, 2 class in situ, 3 class invasive"
+    assert summary[0] == "8 patches from 3 patients at 3 sites in /data: 3 benign, 2 in situ, 3 invasive"
     assert summary[2] == "  val  :      4 patches,   1 patients, 1 sites, 25% benign, 25% in situ, 50% invasive"
-    assert summary[4:6] == ["  patient   split  site  class benign  class in situ  class invasive",
-                            "  a         train  s0               2              0               0"]
+    assert summary[4:6] == ["  patient   split  site   benign  in situ  invasive",
+                            "  a         train  s0          2        0         0"]
     profile = data.profile()
     assert profile["val_sites"] == 1 and profile["val_n_invasive"] == 2 and profile["test_n_benign"] == 0
 
