@@ -123,6 +123,14 @@ class Rows:
         for column, value in zip(columns, (path, label, patient, site, part, x, y), strict=True):
             column.append(value)
 
+    def by_patient(self) -> Rows:
+        """The rows patient by patient, each patient's class folder by class folder, as IDC's listing
+        orders them: the same patches laid out as a folder tree are then the same rows, split and batches."""
+        order = sorted(range(len(self.paths)), key=lambda i: (self.patients[i], self.labels[i],
+                                                             os.path.basename(self.paths[i]), self.paths[i]))
+        columns = (self.paths, self.labels, self.patients, self.sites, self.parts, self.x, self.y)
+        return Rows(*([column[i] for i in order] for column in columns))
+
     def manifest(self, root: Path, classes: tuple[str, ...], stamps: dict[str, int],
                  ignored: list[str] | None = None) -> Manifest:
         """The manifest of these rows, labels indexing ``classes``; ``stamps`` gains a digest of what
@@ -199,4 +207,4 @@ def read(cfg: Data, progress: bool = True) -> Manifest:
     if empty or not rows.paths:
         where = f"class folder {empty[0]!r} under {str(root)!r}" if empty else f"{str(root)!r}"
         raise DatasetError(f"{where} holds no images ({KINDS}): expected {LAYOUT}")
-    return rows.manifest(root, classes, tree_stamps(root, rows.paths, within=True), ignored)
+    return rows.by_patient().manifest(root, classes, tree_stamps(root, rows.paths, within=True), ignored)
