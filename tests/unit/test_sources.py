@@ -264,3 +264,16 @@ def test_the_data_groups_compose(name):
     with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
         data = build(Data, to_plain(compose("config", [f"data={name}"]).data), "data")
     assert (data.name, data.source, data.image_size, data.root, data.manifest) == (name, name, 50, None, None)
+
+
+def test_a_manifest_label_under_one_patient_only_is_said_before_any_decoding(tmp_path):
+    """Train, val and test must each hold every class: a label one patient holds cannot be in all three."""
+    base = tmp_path / "study"
+    lines = [f"tiles/{i}_{j}.png,{('normal', 'tumour')[j % 2]},P{i}" for i in range(6) for j in range(4)]
+    lines.append("tiles/rare.png,necrosis,P0")
+    for line in lines:
+        write_image(base / line.split(",")[0])
+    csv = write_csv(base / "patches.csv", "path,label,patient", *lines)
+    with pytest.raises(DatasetError, match="^class necrosis is found under 1 patient"):
+        load(manifest_group(csv, workers=1), progress=False)
+    assert not (tmp_path / "ingest").exists() or not any((tmp_path / "ingest").iterdir())
