@@ -11,7 +11,9 @@ import keras_tuner as kt
 from omegaconf import DictConfig, OmegaConf
 
 from histo_exp import files
+from histo_exp.classes import model_classes
 from histo_exp.config import config_yaml
+from histo_exp.data.card import write_card
 from histo_exp.data.dataset import PatchData
 from histo_exp.evaluation.evaluate import Evaluation
 from histo_exp.evaluation.plots import plot_trials
@@ -24,7 +26,6 @@ from histo_exp.tuning.search_folder import SearchFolder
 from histo_exp.tuning.trials import format_hparams, from_tuner_dir, trials_csv
 
 log = logging.getLogger(__name__)
-IDC_CLASSES = ("0", "1")  # the labels of IDC's layout (and of the 2-class synthetic set)
 NOTE = "mlflow.note.content"  # the tag MLflow shows as the run's description
 
 
@@ -60,6 +61,8 @@ def log_results(settings: Settings, data: PatchData, final: FinalModel, tuner: k
     trials = out / "trials.csv"  # the same table as `python -m histo_exp.trials source=<tuner folder>`
     tracker.log_artifact(files.write_text(trials, trials_csv(from_tuner_dir(Path(tuner.project_dir)))))
     tracker.log_artifact(files.write_text(out / "split.csv", data.split_table()))
+    for path in write_card(data, out):  # the mosaic, patches per patient, any images found twice
+        tracker.log_artifact(path, "data")
     if data.skipped:
         tracker.log_artifact(data.cache / "skipped.tsv")
     log.info("best trial %s: %s=%.4f  [%s]\n%s", trial.trial_id, tuner.oracle.objective.name, trial.score,
@@ -80,12 +83,6 @@ def save_final_model(settings: Settings, data: PatchData, final: FinalModel, tun
     saved = save_model(final.model, out / "best_model.keras", meta)
     tracker.log_artifact(saved, "model")
     tracker.log_model(saved, data.input_shape)
-
-
-def model_classes(classes: tuple[str, ...]) -> list[str]:
-    """The class names the saved model carries, in its output's order: IDC's layout keeps the names its
-    models have always had (prediction reads them from here, never from its input)."""
-    return ["no IDC", "IDC"] if tuple(classes) == IDC_CLASSES else list(classes)
 
 
 def run_note(classes: tuple[str, ...]) -> dict[str, str]:

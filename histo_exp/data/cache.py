@@ -3,7 +3,8 @@
 A cache folder is named by its key (file list fingerprint, image size, colour mode, small-patch
 policy), is built in a temporary sibling and renamed into place only when complete, so a killed
 ingest never leaves a cache that looks usable. Processes that want the same cache at once build
-it once: the others wait for it (``build_once.build_folder``).
+it once: the others wait for it (``build_once.build_folder``). Each row's pixels are hashed as it is
+built (``hashes.npy``: how the dataset card finds the same image twice without reading a pixel).
 
 Before a cache is reused it is checked against what its key file recorded: the byte size of each
 file it reads, the key itself, and the size and times of every file it skipped (so a bad file
@@ -27,15 +28,19 @@ from pathlib import Path
 import numpy as np
 
 from histo_exp.data.build_once import build_folder
-from histo_exp.data.cache_arrays import Target, copy_pixels
+from histo_exp.data.cache_arrays import Target, copy_pixels, hash_file
 from histo_exp.data.index import Manifest
 from histo_exp.errors import EnvironmentFault
 
 log = logging.getLogger(__name__)
 
 IMAGES, USABLE, SKIPPED, KEY, MANIFEST = "images.npy", "keep.npy", "skipped.tsv", "key.json", "manifest.csv"
-FORMAT = 2  # of key.json: 2 records the files' sizes and the skipped files' stamps
-CHECKED = (IMAGES, USABLE, SKIPPED)  # the files a reuse reads
+HASHES = "hashes.npy"  # a uint64 per row, of its pixels (``cache_arrays.hash_rows``; 0 for a skipped row)
+# Of key.json: 2 records the files' sizes and the skipped files' stamps; 3 adds hashes.npy. An older cache is
+# built again, once, rather than given its hashes in place: a finished cache folder is never changed (other
+# processes may be reading it), and one decode is minutes.
+FORMAT = 3
+CHECKED = (IMAGES, USABLE, SKIPPED, HASHES)  # the files a reuse reads
 ABSENT = "there is none yet"
 
 
@@ -60,6 +65,7 @@ class Cached:
     folder: Path
     images: np.ndarray  # np.memmap, read-only
     usable: np.ndarray
+    hashes: np.ndarray  # uint64 per row, of its pixels (0 where skipped)
     skipped: dict[str, str]
     built: bool  # False when an existing cache was reused
     padded: int = 0
@@ -116,7 +122,9 @@ def _read_key(folder: Path, key: CacheKey, manifest: Manifest) -> dict:
     except (OSError, ValueError) as err:
         raise Unusable(f"its {KEY} is unreadable: {err}") from None
     if not isinstance(stats, dict) or stats.get("format") != FORMAT:
-        raise Unusable(f"its {KEY} was written by an older histo_exp, which recorded no file sizes")
+        old = stats.get("format", 1) if isinstance(stats, dict) else 1
+        raise Unusable(f"its {KEY} was written by an older histo_exp (cache format {old}, this one reads "
+                       f"{FORMAT}: file sizes and pixel hashes)")
     if {**asdict(key), "patches": len(manifest)} != {k: stats.get(k) for k in (*asdict(key), "patches")}:
         raise Unusable(f"its {KEY} describes other files or settings")
     return stats
@@ -140,13 +148,16 @@ def _open(folder: Path, key: CacheKey, manifest: Manifest, built: bool) -> Cache
     try:
         skipped = dict(line.split("\t", 1) for line in (folder / SKIPPED).read_text().splitlines())
         images, usable = np.load(folder / IMAGES, mmap_mode="r"), np.load(folder / USABLE)
+        hashes = np.load(folder / HASHES)
     except (OSError, ValueError) as err:
         raise Unusable(f"it could not be read: {err}") from None
     n, size = len(manifest), key.image_size
-    if images.shape[:3] != (n, size, size) or images.dtype != np.uint8 or usable.shape != (n,):
-        raise Unusable(f"its arrays are not of the shape it was written with ({images.shape}, {usable.shape})")
+    if (images.shape[:3] != (n, size, size) or images.dtype != np.uint8 or usable.shape != (n,)
+            or hashes.shape != (n,)):
+        raise Unusable(f"its arrays are not of the shape it was written with ({images.shape}, {usable.shape}, "
+                       f"{hashes.shape})")
     typical = stats.get("typical")
-    return Cached(folder, images, usable, skipped, built, padded=stats["padded"], resized=stats["resized"],
+    return Cached(folder, images, usable, hashes, skipped, built, padded=stats["padded"], resized=stats["resized"],
                   mostly_padding=stats["mostly_padding"], typical=tuple(typical) if typical else None)
 
 
@@ -174,15 +185,20 @@ def _build(tmp: Path, manifest: Manifest, key: CacheKey, workers: int | None, pr
     header = np.lib.format.open_memmap(tmp / IMAGES, mode="w+", dtype=np.uint8, shape=shape)
     offset, row_bytes = header.offset, int(np.prod(shape[1:]))
     del header
-    target = Target(os.open(tmp / IMAGES, os.O_WRONLY), offset, row_bytes)
+    hashes = np.zeros(len(manifest), dtype=np.uint64)  # filled as the decoding threads write their rows
+    fd = os.open(tmp / IMAGES, os.O_WRONLY)
     try:
         if manifest.pixels is None:
             decoded = decode(manifest, key.image_size, key.color, key.small_patches, workers, progress,
-                             write=target.write)
+                             write=Target(fd, offset, row_bytes, hashes).write)
         else:
-            decoded = copy_pixels(manifest, key, progress, target)
+            decoded = copy_pixels(manifest, key, progress, Target(fd, offset, row_bytes))
     finally:
-        os.close(target.fd)  # no fsync: it would wait seconds for the disk; the page cache serves every reader
+        os.close(fd)  # no fsync: it would wait seconds for the disk; the page cache serves every reader
+    if manifest.pixels is not None:  # rows copied from arrays, some in the kernel: hashed from the file
+        hashes = hash_file(np.load(tmp / IMAGES, mmap_mode="r"), workers)
+    hashes[~decoded.usable] = 0
+    np.save(tmp / HASHES, hashes)
     np.save(tmp / USABLE, decoded.usable)
     (tmp / SKIPPED).write_text("".join(f"{p}\t{why}\n" for p, why in sorted(decoded.skipped.items())))
     _write_manifest(tmp / MANIFEST, manifest)

@@ -4,13 +4,16 @@ Nothing is decoded: each chunk of rows is brought to the cache's size and colour
 written while the next is read in a thread (``_read_ahead``). Where the source files store the rows as
 the cache keeps them (uint8 RGB at its size, one contiguous run: ``pixels``' ``extents``), they are
 copied as ``cp`` copies, in the kernel (``os.copy_file_range``) where it can. No row is skipped but by
-data.small_patches=drop. ``Target``, the images file being written, serves the decoding path too.
+data.small_patches=drop. ``Target``, the images file being written, serves the decoding path too; it
+hashes each row the decoding threads write (``hash_rows``: the dataset card's duplicate check); the rows
+of arrays are hashed from the file once it is written (``hash_file``: some never pass through Python).
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import os
 import queue
 import threading
@@ -34,16 +37,53 @@ NO_KERNEL_COPY = {errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, err
                   errno.EBADF}
 
 
+HASH_SLICE = 4096  # rows per task of ``hash_file``
+
+
+def hash_rows(rows: np.ndarray) -> np.ndarray:
+    """A uint64 per row: the first 8 bytes of the BLAKE2b digest of its pixels (C order), read little-endian.
+
+    Identical pixels give identical hashes whatever wrote them (decoded files or copied arrays); about 6 ms
+    per 1,000 rows of 50x50x3 on one core, in threads that run at once (hashlib releases the GIL)."""
+    rows = np.ascontiguousarray(rows)
+    digests = b"".join(hashlib.blake2b(row, digest_size=8).digest() for row in rows)
+    return np.frombuffer(digests, dtype="<u8").astype(np.uint64)
+
+
+def hash_file(images: np.ndarray, workers: int | None = None) -> np.ndarray:
+    """``hash_rows`` of every row of ``images`` (the cache file's memory map), in threads over slices; a stop
+    ends it within a slice (the slices not started are cancelled)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def work(lo: int) -> np.ndarray:
+        signals.check()
+        return hash_rows(images[lo:lo + HASH_SLICE])
+
+    pool = ThreadPoolExecutor(max_workers=max(1, workers or os.cpu_count() or 1))
+    try:
+        tasks = [pool.submit(work, lo) for lo in range(0, len(images), HASH_SLICE)]
+        parts = [task.result() for task in tasks]
+    finally:
+        with signals.deferred():  # the running slices end; a stop now must not cut the wait short
+            pool.shutdown(wait=True, cancel_futures=True)
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.uint64)
+
+
 @dataclass(frozen=True)
 class Target:
-    """The images file being built: rows are written at ``offset + row * row_bytes``."""
+    """The images file being built: rows are written at ``offset + row * row_bytes``, and their hashes
+    (``hash_rows``) put in ``hashes`` where it is given."""
 
     fd: int
     offset: int
     row_bytes: int
+    hashes: np.ndarray | None = None
 
     def write(self, first: int, rows: np.ndarray) -> None:  # from the decoding threads: pwrite releases the GIL
-        self.write_bytes(memoryview(np.ascontiguousarray(rows)).cast("B"), self.offset + first * self.row_bytes)
+        rows = np.ascontiguousarray(rows)
+        if self.hashes is not None:  # each thread its own rows: no lock
+            self.hashes[first:first + len(rows)] = hash_rows(rows)
+        self.write_bytes(memoryview(rows).cast("B"), self.offset + first * self.row_bytes)
 
     def write_bytes(self, data, at: int) -> None:
         data = memoryview(data)

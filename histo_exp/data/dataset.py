@@ -13,6 +13,7 @@ import numpy as np
 
 from histo_exp.data import sources
 from histo_exp.data.cache import Cached, ingest
+from histo_exp.data.card import warn_duplicates
 from histo_exp.data.index import DatasetError, Manifest
 from histo_exp.data.split import Split, split_once
 from histo_exp.data.split_checks import PARTS, check_splittable, grouping
@@ -184,6 +185,38 @@ def warn_mostly_padding(cached: Cached, image_size: int) -> None:
                 max(h, w))
 
 
+def decode(cfg: Data, manifest: Manifest, progress: bool = True) -> tuple[Cached, np.ndarray]:
+    """Ingest ``manifest`` (or reuse its cache): the cache and its usable rows; too many bad files fail."""
+    cached = ingest(
+        manifest,
+        cache_dir=cfg.cache_dir,
+        image_size=cfg.image_size,
+        color="rgb",  # data.color=gray is a layer of the model, after the colour augmentation
+        small_patches=cfg.small_patches,
+        workers=cfg.workers,
+        progress=progress,
+    )
+    check_bad_fraction(cached, len(manifest), cfg.max_bad_fraction)
+    warn_mostly_padding(cached, cfg.image_size)
+    rows = np.flatnonzero(cached.usable)
+    if rows.size == 0:
+        raise DatasetError(f"none of the {len(manifest)} patches under {manifest.root} could be read")
+    return cached, rows
+
+
+def patch_data(cfg: Data, manifest: Manifest, cached: Cached, split: Split) -> PatchData:
+    """The patches with their split; a pixel-identical image under two patients or parts is warned of."""
+    data = PatchData(
+        images=cached.images, labels=manifest.labels, patients=manifest.patients,
+        x=manifest.x, y=manifest.y, split=split,
+        root=manifest.root, cache=cached.folder, skipped=cached.skipped, ignored=manifest.ignored,
+        padded=cached.padded, resized=cached.resized, classes=manifest.classes, sites=manifest.sites,
+        group_by=cfg.group_by,
+    )
+    warn_duplicates(data)  # from the cache's pixel hashes: milliseconds, so every run that loads says it
+    return data
+
+
 def load(cfg: Data | Mapping, progress: bool = True) -> PatchData:
     """Index, ingest (or reuse the cache) and split the dataset the data settings describe."""
     if isinstance(cfg, Mapping):  # a composed ``data`` group: checked as the runner checks it
@@ -201,26 +234,7 @@ def load(cfg: Data | Mapping, progress: bool = True) -> PatchData:
                  "data.val_fraction and data.test_fraction are ignored (data.group_by=%s is only checked)",
                  cfg.group_by)
     sources.keep_listing(cfg, manifest)
-    cached = ingest(
-        manifest,
-        cache_dir=cfg.cache_dir,
-        image_size=cfg.image_size,
-        color="rgb",  # data.color=gray is a layer of the model, after the colour augmentation
-        small_patches=cfg.small_patches,
-        workers=cfg.workers,
-        progress=progress,
-    )
-    check_bad_fraction(cached, len(manifest), cfg.max_bad_fraction)
-    warn_mostly_padding(cached, cfg.image_size)
-    rows = np.flatnonzero(cached.usable)
-    if rows.size == 0:
-        raise DatasetError(f"none of the {len(manifest)} patches under {manifest.root} could be read")
+    cached, rows = decode(cfg, manifest, progress)
     split = split_once(cached.folder, rows, manifest.labels, groups, cfg.val_fraction, cfg.test_fraction,
                        cfg.seed, classes=manifest.classes, group=cfg.group_by, parts=manifest.parts)
-    return PatchData(
-        images=cached.images, labels=manifest.labels, patients=manifest.patients,
-        x=manifest.x, y=manifest.y, split=split,
-        root=manifest.root, cache=cached.folder, skipped=cached.skipped, ignored=manifest.ignored,
-        padded=cached.padded, resized=cached.resized, classes=manifest.classes, sites=manifest.sites,
-        group_by=cfg.group_by,
-    )
+    return patch_data(cfg, manifest, cached, split)

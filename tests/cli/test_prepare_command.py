@@ -24,6 +24,11 @@ def test_prepare_indexes_and_caches_without_training(tmp_path, cache_dir):
     assert "class 0" in out and "class 1" in out and "cache:" in out and "MiB" in out
     assert "90001" in out  # the per-patient table
     assert "trial" not in out and not (tmp_path / "mlruns").exists()
+    cards = sorted(tmp_path.rglob("dataset_card.csv"))  # the dataset card, in the Hydra output folder
+    assert len(cards) == 1 and (cards[0].parent / "dataset_card.png").stat().st_size > 0, out[-3000:]
+    assert f"dataset card: {cards[0].parent / 'dataset_card.png'}" in out
+    assert cards[0].read_text().startswith("patient,split,n_0,n_1\n") and "\n90001," in cards[0].read_text()
+    assert "identical images" not in out
     again = prepare()
     assert "reusing the decoded cache" in again.stdout + again.stderr
 

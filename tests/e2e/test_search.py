@@ -44,7 +44,9 @@ def test_the_search_run_records_data_model_metrics_machine_and_provenance(golden
     assert run.data.params["optimizer.name"] == "adam" and run.data.params["tuner.max_trials"] == "2"
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"config.yaml", "roc.png", "pr.png", "confusion.png", "trials.png", "training_curves.png",
-            "split.csv", "trials.csv", "model", "maps"} <= artifacts
+            "split.csv", "trials.csv", "model", "maps", "data"} <= artifacts
+    assert {a.path for a in client.list_artifacts(run.info.run_id, "data")} == {"data/dataset_card.png",
+                                                                                "data/dataset_card.csv"}
     maps = [a.path for a in client.list_artifacts(run.info.run_id, "maps")]
     assert maps and all(p.startswith("maps/9000") and p.endswith(".png") for p in maps)
     assert [a.path for a in client.list_artifacts(run.info.run_id, "model")] == ["model/best_model.keras"]
