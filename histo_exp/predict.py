@@ -24,6 +24,7 @@ import numpy as np
 from omegaconf import DictConfig
 
 from histo_exp import signals
+from histo_exp.classes import idc_model
 from histo_exp.config import CONFIG_DIR, require
 from histo_exp.errors import PathNotFound, UsageError, one_line_errors
 from histo_exp.files import written
@@ -105,13 +106,11 @@ def without_own_outputs(manifest: Manifest, out: Path, maps: Path) -> Manifest:
     return manifest.subset(~own) if own.any() else manifest
 
 
-IDC_NAMES = ["no IDC", "IDC"]  # the classes every IDC-layout model carries: its CSV keeps prob_idc and 0/1 labels
 
 
 def class_names(meta: dict) -> list[str] | None:
     """The model's classes from its metadata (never from the input); None for IDC's (and metadata-less) models."""
-    names = list(meta.get("classes", IDC_NAMES))
-    return None if names == IDC_NAMES else names
+    return None if idc_model(meta) else list(meta["classes"])
 
 
 def scored(p: np.ndarray, threshold: float | None, names: list[str] | None) -> list[str | int]:
@@ -125,8 +124,9 @@ def scored(p: np.ndarray, threshold: float | None, names: list[str] | None) -> l
 
 
 def write_csv(path: Path, manifest: Manifest, prob: np.ndarray, usable: np.ndarray, skipped: dict[str, str],
-              threshold: float | None, names: list[str] | None = None) -> None:
-    """One row per file: its place, probabilities and label (``scored``), or why it could not be read.
+              threshold: float | None, names: list[str] | None = None, truth: bool = False) -> None:
+    """One row per file: its place, probabilities and label (``scored``), or why it could not be read;
+    with ``truth`` (a labelled cohort, ``histo_exp.evaluate``) its true label too, named as the label is.
 
     Written whole or not at all, and a stop waits for it (a second or two for the whole dataset):
     the predictions took minutes, and a half CSV would pass for a whole one.
@@ -134,13 +134,21 @@ def write_csv(path: Path, manifest: Manifest, prob: np.ndarray, usable: np.ndarr
     columns = ["prob_idc"] if names is None else [f"prob_{name}" for name in names]
     with signals.deferred(), written(path) as partial, partial.open("w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["path", "patient", "x", "y", *columns, "label", "error"])
+        w.writerow(["path", "patient", "x", "y", *columns, "label", *["true_label"] * truth, "error"])
         for i, rel in enumerate(manifest.paths):
             good = bool(usable[i])
             w.writerow([str(manifest.root / rel), manifest.patients[i],
                         manifest.x[i] if manifest.x[i] >= 0 else "", manifest.y[i] if manifest.y[i] >= 0 else "",
                         *(scored(prob[i], threshold, names) if good else [""] * (len(columns) + 1)),
+                        *[true_label(int(manifest.labels[i]), names)] * truth,
                         "" if good else skipped.get(rel, "unreadable")])
+
+
+def true_label(label: int, names: list[str] | None) -> str | int:
+    """A file's true label as ``scored`` names a predicted one: 0/1 for IDC's classes, else the class name."""
+    if label < 0:
+        return ""
+    return label if names is None else names[label]
 
 
 def predict_files(cfg: DictConfig) -> Path:

@@ -18,10 +18,9 @@ from sklearn.metrics import (  # noqa: E402
     roc_curve,
 )
 
+from histo_exp.classes import model_classes  # noqa: E402
 from histo_exp.evaluation.metrics import Scores, binary_metrics  # noqa: E402
 from histo_exp.files import written  # noqa: E402
-
-IDC_NAMES = {("0", "1"): ("no IDC", "IDC")}  # IDC's class names, as its figures spell them
 
 
 def _save(fig, path: Path) -> Path:
@@ -118,7 +117,7 @@ def figures(test: Scores, threshold: float | None, names: Sequence[str], out: Pa
     """The test patients' ROC, PR and confusion figures: at the threshold for 2 classes, per class for more."""
     if threshold is not None:
         return [plot_roc(test, threshold, out / "roc.png"), plot_pr(test, threshold, out / "pr.png"),
-                plot_confusion(test, threshold, out / "confusion.png", IDC_NAMES.get(tuple(names), names))]
+                plot_confusion(test, threshold, out / "confusion.png", model_classes(names))]
     return [plot_class_curves(test, names, out / "roc.png", "roc"), plot_class_curves(test, names, out / "pr.png", "pr"),
             plot_confusion(test, None, out / "confusion.png", names)]
 

@@ -10,13 +10,14 @@ from typing import Any
 import mlflow.pyfunc
 import numpy as np
 
+from histo_exp.classes import idc_model
+
 KERAS_ARTIFACT = "keras_model"  # the key of the .keras file in the pyfunc model's artifacts
-IDC_NAMES = ["no IDC", "IDC"]  # the classes of every IDC-layout model: they serve the IDC column alone
 
 
 def idc_only(meta: dict) -> bool:
     """Whether the model serves IDC's one probability (its classes, from its metadata; none: an IDC model)."""
-    return list(meta.get("classes", IDC_NAMES)) == IDC_NAMES
+    return idc_model(meta)
 
 
 class IdcProbability(mlflow.pyfunc.PythonModel):

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
+from histo_exp.classes import model_classes
 from histo_exp.data.synthetic import SyntheticSpec, generate
 from histo_exp.evaluation.maps import plot_patient_map
 from histo_exp.evaluation.metrics import (
@@ -22,7 +23,7 @@ from histo_exp.evaluation.metrics import (
 from histo_exp.evaluation.plots import figures
 from histo_exp.model.cnn import IdcAUC, auc_metric, build_cnn
 from histo_exp.model.hypermodel import balanced_weights
-from histo_exp.record import model_classes, run_note
+from histo_exp.record import run_note
 
 from helpers import hypermodel as make_hypermodel
 
