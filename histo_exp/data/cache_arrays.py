@@ -55,9 +55,19 @@ def hash_file(images: np.ndarray, workers: int | None = None) -> np.ndarray:
     ends it within a slice (the slices not started are cancelled)."""
     from concurrent.futures import ThreadPoolExecutor
 
+    on_disk = isinstance(images, np.memmap) and bool(images.filename)
+    # Read from the file, not through the memory map: its pages would count in the process's peak RSS
+    # (the whole cache, 9 GB for PCam), where a read's buffer is freed with its slice.
+    fd = os.open(images.filename, os.O_RDONLY) if on_disk else -1
+    row_bytes = int(np.prod(images.shape[1:])) * images.dtype.itemsize
+
     def work(lo: int) -> np.ndarray:
         signals.check()
-        return hash_rows(images[lo:lo + HASH_SLICE])
+        hi = min(lo + HASH_SLICE, len(images))
+        if not on_disk:
+            return hash_rows(images[lo:hi])
+        data = os.pread(fd, (hi - lo) * row_bytes, images.offset + lo * row_bytes)
+        return hash_rows(np.frombuffer(data, images.dtype).reshape((hi - lo, *images.shape[1:])))
 
     pool = ThreadPoolExecutor(max_workers=max(1, workers or os.cpu_count() or 1))
     try:
@@ -66,6 +76,8 @@ def hash_file(images: np.ndarray, workers: int | None = None) -> np.ndarray:
     finally:
         with signals.deferred():  # the running slices end; a stop now must not cut the wait short
             pool.shutdown(wait=True, cancel_futures=True)
+        if on_disk:
+            os.close(fd)
     return np.concatenate(parts) if parts else np.zeros(0, dtype=np.uint64)
 
 
