@@ -4,7 +4,7 @@ idc-mini holds 10 real patients, of which only 8863, 8864 and 8867 have class 0 
 folds each leave out one of those three and two or three of the all-IDC patients. For every row
 (a configuration) and seed, each fold runs the real CLI on the other patients
 (``data=idc data.test_fraction=0``: the left-out patients are the test) and predicts the
-left-out ones with ``python -m histo_exp.predict``; the out-of-fold predictions are pooled.
+left-out ones with ``python -m histo_exp.evaluate``; the out-of-fold predictions are pooled.
 
 Reported per row: pooled AUC, balanced accuracy at each model's own threshold, AUC within each
 patient holding both classes, and wall time. Each fold's predictions are written to
@@ -155,16 +155,17 @@ def run_fold(row: Row, seed: int, fold: Fold, data: Path, work: Path, machine_li
     py = sys.executable
     train_s = run([py, "-m", "histo_exp", *row.command(seed), f"data.root={train}", f"paths.output_dir={out / 'run'}",
                    "logger=none", "tuner.overwrite=true", "trainer.verbose=0"], out / "train.log")
-    predictions = out / "predictions.csv"
-    predict_s = run([py, "-m", "histo_exp.predict", f"model={out / 'run' / 'best_model.keras'}", f"input={test}",
-                     f"output={predictions}", "logger=none"], out / "predict.log")
+    scored = out / "evaluate"  # the saved model on the left-out patients, as `python -m histo_exp.evaluate` scores
+    predict_s = run([py, "-m", "histo_exp.evaluate", f"model={out / 'run' / 'best_model.keras'}", "data=idc",
+                     f"data.root={test}", f"output={scored}", "logger=none", "eval.bootstrap=0", "eval.max_maps=0"],
+                    out / "evaluate.log")
     target = fold_file(row, seed, fold)
     target.parent.mkdir(parents=True, exist_ok=True)
-    with predictions.open() as f, gzip.open(target, "wt", newline="") as g:
+    with (scored / "predictions.csv").open() as f, gzip.open(target, "wt", newline="") as g:
         w = csv.writer(g)
         w.writerow(["patient", "label", "prob_idc", "predicted"])
         for r in csv.DictReader(f):
-            w.writerow([r["patient"], int(r["path"].endswith("class1.png")), r["prob_idc"], r["label"]])
+            w.writerow([r["patient"], r["true_label"], r["prob_idc"], r["label"]])
     target.with_suffix("").with_suffix(".json").write_text(json.dumps(
         {"train_s": round(train_s, 1), "predict_s": round(predict_s, 1), "test": fold.test, "train": fold.train,
          "command": ["python -m histo_exp", *row.command(seed)], "machine": machine_line,
@@ -237,7 +238,7 @@ def write_report(all_folds: list[Fold]) -> None:
         "# make bench-quality: leave-patients-out on idc-mini\n\n"
         "Measured on: " + "; ".join(machines) + ".\n\n"
         "Each row trains through the real CLI (`python -m histo_exp data=idc data.test_fraction=0 ...`) on the "
-        "patients outside a fold and predicts the fold's left-out patients with `python -m histo_exp.predict`; "
+        "patients outside a fold and scores the fold's left-out patients with `python -m histo_exp.evaluate`; "
         "the three folds' predictions are pooled. Balanced accuracy is at each model's own saved threshold. "
         "Search budgets: " + "; ".join(f"{name}: `{' '.join(o) or 'the defaults'}`" for name, o in BUDGETS.items())
         + ". Rows change only what their overrides say, on top of every lever off and without data=idc's preset "
