@@ -191,11 +191,11 @@ def _build(tmp: Path, manifest: Manifest, key: CacheKey, workers: int | None, pr
         if manifest.pixels is None:
             decoded = decode(manifest, key.image_size, key.color, key.small_patches, workers, progress,
                              write=Target(fd, offset, row_bytes, hashes).write)
-        else:
-            decoded = copy_pixels(manifest, key, progress, Target(fd, offset, row_bytes))
+        else:  # rows read from arrays are hashed as they are written, while the next chunk is read
+            decoded = copy_pixels(manifest, key, progress, Target(fd, offset, row_bytes, hashes))
     finally:
         os.close(fd)  # no fsync: it would wait seconds for the disk; the page cache serves every reader
-    if manifest.pixels is not None:  # rows copied from arrays, some in the kernel: hashed from the file
+    if decoded.usable.any() and not hashes[decoded.usable].any():  # copied in the kernel: hashed from the file
         hashes = hash_file(np.load(tmp / IMAGES, mmap_mode="r"), workers)
     hashes[~decoded.usable] = 0
     np.save(tmp / HASHES, hashes)
