@@ -93,7 +93,7 @@ def tuner(settings: Settings, data: PatchData, tracker: Tracker, folder: SearchF
     args = tuner_arguments(settings.tuner) | ({"overwrite": False} if folder.role == "worker" else {})
     return instantiate(args, hypermodel=hypermodel(settings, data.input_shape, weights, len(data.classes)),
                        tracker=tracker,
-                       folds=cv_folds(settings, data), role=folder.role)
+                       folds=cv_folds(settings, data), role=folder.role, plots=settings.eval.plots)
 
 
 def tracker(settings: Settings) -> Tracker:

@@ -54,14 +54,14 @@ def log_results(settings: Settings, data: PatchData, final: FinalModel, tuner: k
     tracker.set_tags({FINAL_MODEL: final.description, **run_note(data.classes)})
     save_final_model(settings, data, final, tuner, result, tracker, out)
     tracker.register(float(trial.score), data.fingerprint)
-    for path in plots(result, tuner, trial, out):
+    for path in plots(result, tuner, trial, out) if settings.eval.plots else ():
         tracker.log_artifact(path)
     for path in result.maps:
         tracker.log_artifact(path, "maps")
     trials = out / "trials.csv"  # the same table as `python -m histo_exp.trials source=<tuner folder>`
     tracker.log_artifact(files.write_text(trials, trials_csv(from_tuner_dir(Path(tuner.project_dir)))))
     tracker.log_artifact(files.write_text(out / "split.csv", data.split_table()))
-    for path in write_card(data, out):  # the mosaic, patches per patient, any images found twice
+    for path in write_card(data, out, draw=settings.eval.plots):  # the mosaic, patches per patient, any images found twice
         tracker.log_artifact(path, "data")
     if data.skipped:
         tracker.log_artifact(data.cache / "skipped.tsv")

@@ -192,12 +192,14 @@ def mosaic(data: PatchData, path: Path, per_class: int = PER_CLASS, seed: int = 
     return path
 
 
-def write_card(data: PatchData, folder: Path, per_class: int = PER_CLASS, seed: int = 0) -> list[Path]:
-    """The mosaic and the per-patient table in ``folder``, and ``duplicates.csv`` where there are copies;
-    the paths written. Each file is whole or absent (``files.written``)."""
+def write_card(data: PatchData, folder: Path, per_class: int = PER_CLASS, seed: int = 0,
+               draw: bool = True) -> list[Path]:
+    """The mosaic (``draw``) and the per-patient table in ``folder``, and ``duplicates.csv`` where there are
+    copies; the paths written. Each file is whole or absent (``files.written``)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    written = [mosaic(data, folder / CARD_PNG, per_class, seed), files.write_text(folder / CARD_CSV, card_table(data))]
+    written = [mosaic(data, folder / CARD_PNG, per_class, seed)] if draw else []
+    written.append(files.write_text(folder / CARD_CSV, card_table(data)))
     found = duplicates(data)
     if found:
         written.append(files.write_text(folder / DUPLICATES_CSV, duplicates_table(data, found)))

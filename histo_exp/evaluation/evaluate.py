@@ -73,7 +73,7 @@ def evaluate(model: keras.Model | None, val: Scores, data: PatchData, cfg: Eval,
     metrics |= {f"test_{k}": v for k, v in test_m.items()}
     for name, (lo, hi) in ci.items():
         metrics[f"test_{name}_ci_low"], metrics[f"test_{name}_ci_high"] = lo, hi
-    plots = figures(test, threshold, names, out)
+    plots = figures(test, threshold, names, out) if cfg.plots else []
     table = metrics_table(val_m, test_m, ci, threshold, method, np.unique(test.patients).size, table_names)
     rows = data.split.test
     maps = patient_maps(test.patients, data.x[rows], data.y[rows], test.y_true, test.y_prob, threshold,

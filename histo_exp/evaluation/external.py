@@ -94,7 +94,7 @@ def score(model: keras.Model, meta: Mapping, cohort: Cohort, cfg: Eval, out: Pat
         for name, (lo, hi) in ci.items():
             metrics[f"test_{name}{suffix}_ci_low"], metrics[f"test_{name}{suffix}_ci_high"] = lo, hi
     out.mkdir(parents=True, exist_ok=True)
-    plots = figures(scores, threshold, names, out)
+    plots = figures(scores, threshold, names, out) if cfg.plots else []
     maps = patient_maps(scores.patients, data.x[rows], data.y[rows], scores.y_true, scores.y_prob, threshold,
                         out / "maps", images=data.images, rows=rows, limit=cfg.max_maps)
     groups = (np.unique(scores.patients).size, None if data.sites is None else np.unique(data.sites[rows]).size)

@@ -130,6 +130,7 @@ class Eval:
     bootstrap: int = bounded(0)
     max_maps: int = bounded(0)
     ensemble: int = bounded(1)
+    plots: bool = True
 
 
 @dataclass(frozen=True)

@@ -46,15 +46,16 @@ class TrackedTuner:
     """
 
     def __init__(self, *args: Any, tracker: Tracker | None = None, folds: Sequence[tuple[Any, Any]] = (),
-                 role: Role = "lone", **kwargs: Any) -> None:
-        self._track(tracker, folds, role)
+                 role: Role = "lone", plots: bool = True, **kwargs: Any) -> None:
+        self._track(tracker, folds, role, plots)
         super().__init__(*args, **kwargs)
 
-    def _track(self, tracker: Tracker | None, folds: Sequence[tuple[Any, Any]], role: Role) -> None:
+    def _track(self, tracker: Tracker | None, folds: Sequence[tuple[Any, Any]], role: Role, plots: bool) -> None:
         if folds and isinstance(self, kt.Hyperband):
             raise UsageError(HYPERBAND_WITH_FOLDS)
         self.tracker = tracker or NullTracker()
         self.role = role
+        self.plots = plots  # each trial's training curves
         self.folds = list(folds)  # (train, validation) batches per patient fold; none: the one split
         self.fold = 0
         self.histories: list[dict[str, list[float]]] = []  # the running trial's metrics, per fold and epoch
@@ -132,7 +133,7 @@ class TrackedTuner:
         if self.folds and score is not None:
             metrics |= {f"fold{r['fold']}_{objective}": r["score"]
                         for r in read_fold_results(Path(self.get_trial_dir(trial.trial_id)))}
-        if any(self.histories):
+        if self.plots and any(self.histories):
             path = Path(self.get_trial_dir(trial.trial_id)) / "training_curves.png"
             plot_history(self.histories, path, f"trial {trial.trial_id}")
             self.tracker.log_trial_artifact(path)
@@ -156,8 +157,9 @@ class BayesianOptimization(TrackedTuner, kt.BayesianOptimization):
     """
 
     def __init__(self, hypermodel: kt.HyperModel | None = None, *, tracker: Tracker | None = None,
-                 folds: Sequence[tuple[Any, Any]] = (), role: Role = "lone", **kwargs: Any) -> None:
-        self._track(tracker, folds, role)
+                 folds: Sequence[tuple[Any, Any]] = (), role: Role = "lone", plots: bool = True,
+                 **kwargs: Any) -> None:
+        self._track(tracker, folds, role, plots)
         oracle = BayesianOracle(**{k: kwargs.pop(k) for k in ORACLE_ARGS & set(kwargs)})
         # kt.BayesianOptimization.__init__ only builds KerasTuner's own oracle: go past it to the Tuner.
         kt.Tuner.__init__(self, oracle=oracle, hypermodel=hypermodel, **kwargs)

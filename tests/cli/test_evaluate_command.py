@@ -59,13 +59,15 @@ def test_sites_named_by_a_manifest_give_cis_by_site_too(tmp_path, tiny_root, ker
             lines.append(f"patches/{image.relative_to(tiny_root)},{image.parent.name},{patient},site{i % 3}")
     (tmp_path / "cohort.csv").write_text("\n".join(lines) + "\n")
     done = evaluate([f"model={keras_file}", "data=manifest", f"data.manifest={tmp_path / 'cohort.csv'}",
-                     "output=ev", "eval.max_maps=0", "eval.bootstrap=200", "logger=none"], tmp_path, cache_dir)
+                     "output=ev", "eval.max_maps=0", "eval.bootstrap=200", "eval.plots=false", "logger=none"],
+                    tmp_path, cache_dir)
     assert done.returncode == 0, done.stderr
     assert "95% CI by patient (6)   by site (3)" in done.stdout
     assert next(line for line in done.stdout.splitlines() if line.startswith("auc ")).count("[") == 2
     metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     assert metrics["test_auc_site_ci_low"] <= metrics["test_auc_site_ci_high"]
     assert "no histo_exp metadata: using threshold 0.5" in done.stderr
+    assert not list((tmp_path / "ev").glob("*.png")) and (tmp_path / "ev" / "predictions.csv").exists()
 
 
 def test_a_cohort_of_other_classes_and_a_missing_model_are_one_line_errors(tmp_path, tiny_root, keras_file,

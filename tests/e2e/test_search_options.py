@@ -1,4 +1,5 @@
-"""A search over the CNN's options (batch norm, GAP head, VGG-style blocks) saves a model that predicts."""
+"""A search over the CNN's options (batch norm, GAP head, VGG-style blocks) saves a model that predicts;
+without figures (eval.plots=false, as the benchmarks run) it draws none."""
 
 import csv
 
@@ -18,12 +19,13 @@ def test_a_search_over_the_options_saves_a_model_that_predicts(run_cli, tmp_path
     """The CLI searches the options (a bool and a str choice, a fixed int); predict reads its model."""
     done = run_cli([*TINY, "tuner.max_trials=1", "logger=none", "eval.bootstrap=20", "eval.max_maps=0",
                     "model.batch_norm={choice: [true]}", "model.head={choice: [gap]}",
-                    "model.convs_per_block=2"], timeout=480)
+                    "model.convs_per_block=2", "eval.plots=false"], timeout=480)
     assert done.returncode == 0, done.stderr[-3000:]
     [out] = [p.parent for p in tmp_path.glob("outputs/*/*/best_model.keras")]
     with open(out / "trials.csv") as f:
         [trial] = list(csv.DictReader(f))
     assert trial["status"] == "COMPLETED"
+    assert not list(out.rglob("*.png")) and (out / "dataset_card.csv").exists()  # the card's table, no mosaic
     assert (trial["batch_norm"], trial["head"]) == ("1", "gap")  # KerasTuner keeps a bool choice as 0/1
     assert "convs_per_block" not in trial  # fixed, not searched
     model, meta = load_model(out / "best_model.keras")
