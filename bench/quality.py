@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import gzip
 import json
 import os
@@ -30,6 +31,10 @@ from pathlib import Path
 
 import numpy as np
 from sklearn.metrics import balanced_accuracy_score, roc_auc_score
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from paired import Pooled  # noqa: E402
+from quality_report import report  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -61,20 +66,46 @@ class Row:
     overrides: tuple[str, ...] = ()
     seeds: tuple[int, ...] = (1, 2, 3)  # one trial of one network swings with the seed: three of them
     budget: str = "fixed"  # a key of BUDGETS
-    base: bool = True  # on top of BASE, without data=idc's preset (False: on top of the current defaults of data=idc)
+    base: bool = True  # on top of BASE, without data=idc's preset (False: data=idc as it is, plus the overrides)
+    reference: str | None = "fixed"  # the row it is compared with, seed by seed (bench/paired.py)
+    parent: str | None = None  # derived: the parent's searches, their final step run again with the overrides
+    code: str | None = None  # a commit: trained from a git worktree of it (scored by today's evaluate)...
+    patch: str | None = None  # ...with this patch of bench/ applied, where the commit lacks what the folds need
 
     def command(self, seed: int) -> list[str]:
+        if self.parent:
+            return [*by_name(self.parent).command(seed), *self.overrides]
         settings = dict(BASE) if self.base else {}
-        settings |= dict(o.split("=", 1) for o in (*BUDGETS[self.budget], *self.overrides))
-        preset = ["~preset"] if self.base else []
+        settings |= dict(o.split("=", 1) for o in (*BUDGETS[self.budget], *self.overrides) if "=" in o)
+        flags = [o for o in self.overrides if "=" not in o]  # e.g. ~preset
+        preset = ["~preset"] if self.base else flags
         return ["data=idc", "data.test_fraction=0", *preset, f"seed={seed}", *(f"{k}={v}" for k, v in settings.items())]
 
 
-ROWS = [
-    Row("before", (), (1, 2), budget="full"),  # the defaults of data=idc before this benchmark
-    # The defaults of data=idc now (conf/preset/idc.yaml): ensemble-3 above, so seeds 3 and 4 (1 and 2 would repeat it).
-    Row("defaults", (), (3, 4), budget="full", base=False),
-    Row("fixed", seeds=(1, 2, 3, 4)),  # the baseline of the "fixed" rows below, and of defaults' seed 4: every lever off
+CANDIDATE_SEEDS = (1, 2, 3, 4, 5)  # every candidate for a default; a comparison row at least 3
+# Issue 22: the candidates for data=idc's defaults, each compared with the seed's own search on the same seeds.
+DEFAULTS = [
+    Row("search", ("~preset",), CANDIDATE_SEEDS, "full", base=False, reference=None),  # the reference
+    Row("search-ensemble-3", ("eval.ensemble=3",), CANDIDATE_SEEDS, "full", base=False, reference="search",
+        parent="search"),  # the same searches, their 3 best trials averaged
+    Row("preset", (), CANDIDATE_SEEDS, "full", base=False, reference="search"),  # conf/preset/idc.yaml
+    Row("preset-long", ("trainer.epochs=15", "trainer.early_stopping_patience=3"), CANDIDATE_SEEDS, "full",
+        base=False, reference="search"),  # longer training, stopped on validation AUC
+    Row("preset-gray", ("data.color=gray",), CANDIDATE_SEEDS, "full", base=False, reference="search"),
+    # More networks averaged: the pooled AUC suffers most from one network's luck on one patient.
+    Row("preset-ensemble-5", ("tuner.max_trials=5", "eval.ensemble=5"), CANDIDATE_SEEDS, "full", base=False,
+        reference="search"),
+    # The search before the augmentation layers, the new loader and the Bayesian acquisition. That commit
+    # needs test patients; its patch lets data.test_fraction=0 hold none, as today (the search is untouched).
+    Row("search-a145b09", (), (1, 2, 3), "full", base=False, reference="search", code="a145b09",
+        patch="a145b09-no-test-patients.patch"),
+]
+# Issue 10: single levers on one network (or a small search), each against the row it varies.
+LEVERS = [
+    Row("before", (), (1, 2), budget="full", reference=None),  # the defaults of data=idc before this benchmark
+    # The defaults of data=idc then (conf/preset/idc.yaml): ensemble-3 below, so seeds 3 and 4 (1 and 2 would repeat it).
+    Row("defaults", (), (3, 4), budget="full", base=False, reference=None),
+    Row("fixed", seeds=(1, 2, 3, 4), reference=None),  # the baseline of the "fixed" rows below: every lever off
     Row("gray", ("data.color=gray",)),
     Row("no-flip-rotate", ("data.augment.flip=false", "data.augment.rotate90=false")),
     Row("hed-0.05", ("data.augment.hed=0.05",)),
@@ -95,10 +126,17 @@ ROWS = [
     # Three trials around fixed's learning rate, the kept model their average: an ensemble at three times fixed's cost.
     Row("ensemble-3", ("tuner.max_trials=3", "optimizer.learning_rate={min: 0.0005, max: 0.002, log: true}",
                        "eval.ensemble=3"), (1, 2)),
-    Row("small", budget="small"),  # the baseline of the "small" rows below
-    Row("small-cv-2", ("tuner.cv_folds=2",), budget="small"),
-    Row("small-ensemble-3", ("eval.ensemble=3",), budget="small"),
+    Row("small", budget="small", reference=None),  # the baseline of the "small" rows below
+    Row("small-cv-2", ("tuner.cv_folds=2",), budget="small", reference="small"),
+    Row("small-ensemble-3", ("eval.ensemble=3",), budget="small", reference="small"),
 ]
+ROWS = [*DEFAULTS, *LEVERS]
+REPORT_GROUPS = {"The defaults of data=idc (issue 22): every candidate against the seed's own search": DEFAULTS,
+                 "Single levers (issue 10), each against the row it varies": LEVERS}
+
+
+def by_name(name: str) -> Row:
+    return next(r for r in ROWS if r.name == name)
 
 
 @dataclass
@@ -131,11 +169,17 @@ def tree(data: Path, patients: list[str], where: Path) -> Path:
     return where
 
 
-def run(cmd: list[str], log: Path) -> float:
+# Bench runs draw nothing and bootstrap nothing: neither changes the model or its predictions.
+CHEAP = ("logger=none", "trainer.verbose=0", "eval.bootstrap=0", "eval.max_maps=0")
+CHEAP_NOW = (*CHEAP, "eval.plots=false")  # eval.plots is newer than some of the commits rows run
+EVALUATE = ("logger=none", "eval.bootstrap=0", "eval.max_maps=0", "eval.plots=false")
+
+
+def run(cmd: list[str], log: Path, cwd: Path = REPO) -> float:
     """Run a command, its output to ``log``; the wall time, or exit with the log's tail."""
     start = time.perf_counter()
     with log.open("w") as f:
-        done = subprocess.run(cmd, cwd=REPO, stdout=f, stderr=subprocess.STDOUT,
+        done = subprocess.run(cmd, cwd=cwd, stdout=f, stderr=subprocess.STDOUT,
                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
     took = time.perf_counter() - start
     if done.returncode:
@@ -147,18 +191,63 @@ def fold_file(row: Row, seed: int, fold: Fold) -> Path:
     return RESULTS / row.name / f"seed{seed}-fold{fold.index}.csv.gz"
 
 
+def worktree(commit: str, patch: str | None, work: Path) -> Path:
+    """A git worktree of ``commit`` with ``patch`` applied (made once): ``python -m histo_exp`` run there
+    imports its package."""
+    where = work / f"code-{commit}"
+    if not (where / ".patched").exists():
+        if where.exists():
+            shutil.rmtree(where)
+        subprocess.run(["git", "worktree", "prune"], cwd=REPO, check=True)
+        subprocess.run(["git", "worktree", "add", "--detach", str(where), commit], cwd=REPO, check=True,
+                       capture_output=True)
+        if patch:
+            subprocess.run(["git", "apply", str(HERE / patch)], cwd=where, check=True)
+        (where / ".patched").write_text(patch or "")
+    return where
+
+
+def code_version(commit: str | None) -> str:
+    """The commit a row's model was trained with; "+changes" when the working tree's package differs from HEAD."""
+    git = functools.partial(subprocess.run, cwd=REPO, capture_output=True, text=True)
+    short = git(["git", "rev-parse", "--short", commit or "HEAD"]).stdout.strip()
+    changed = not commit and git(["git", "status", "--porcelain", "histo_exp", "conf"]).stdout.strip()
+    return short + ("+changes" if changed else "")
+
+
+def fold_dir(row: Row, seed: int, fold: Fold, work: Path) -> Path:
+    return work / row.name / f"seed{seed}" / f"fold{fold.index}"
+
+
+def train(row: Row, seed: int, fold: Fold, data: Path, work: Path) -> float:
+    """The row's search on the fold's training patients, through the CLI; its wall time. A derived row
+    resumes its parent's finished search (no trial runs again) and only makes its kept model anew."""
+    out = fold_dir(row, seed, fold, work)
+    patients = tree(data, fold.train, out / "train-patients")
+    code = worktree(row.code, row.patch, work) if row.code else REPO
+    search = ["tuner.overwrite=true"]
+    if row.code:  # its own decoded cache: an older commit's cache format is not today's
+        search.append(f"paths.cache_dir={work / f'cache-{row.code}'}")
+    if row.parent:
+        parent = fold_dir(by_name(row.parent), seed, fold, work) / "run"
+        if not (parent / "best_model.keras").exists():  # its search ran on another machine: run it again here
+            print(f"  {row.parent}'s search of seed {seed} fold {fold.index} is not here: running it first", flush=True)
+            train(by_name(row.parent), seed, fold, data, work)
+        search = [f"tuner.directory={parent}"]
+    return run([sys.executable, "-m", "histo_exp", *row.command(seed), f"data.root={patients}",
+                f"paths.output_dir={out / 'run'}", *search, *(CHEAP if row.code else CHEAP_NOW)],
+               out / "train.log", cwd=code)
+
+
 def run_fold(row: Row, seed: int, fold: Fold, data: Path, work: Path, machine_line: str) -> None:
-    """Train on the fold's patients through the CLI, predict its left-out patients, keep the predictions."""
-    out = work / row.name / f"seed{seed}" / f"fold{fold.index}"
-    train = tree(data, fold.train, out / "train-patients")
+    """Train on the fold's patients through the CLI, score its left-out patients with today's
+    ``python -m histo_exp.evaluate``, keep the predictions."""
+    train_s = train(row, seed, fold, data, work)
+    out = fold_dir(row, seed, fold, work)
     test = tree(data, fold.test, out / "test-patients")
-    py = sys.executable
-    train_s = run([py, "-m", "histo_exp", *row.command(seed), f"data.root={train}", f"paths.output_dir={out / 'run'}",
-                   "logger=none", "tuner.overwrite=true", "trainer.verbose=0"], out / "train.log")
-    scored = out / "evaluate"  # the saved model on the left-out patients, as `python -m histo_exp.evaluate` scores
-    predict_s = run([py, "-m", "histo_exp.evaluate", f"model={out / 'run' / 'best_model.keras'}", "data=idc",
-                     f"data.root={test}", f"output={scored}", "logger=none", "eval.bootstrap=0", "eval.max_maps=0"],
-                    out / "evaluate.log")
+    scored = out / "evaluate"
+    predict_s = run([sys.executable, "-m", "histo_exp.evaluate", f"model={out / 'run' / 'best_model.keras'}",
+                     "data=idc", f"data.root={test}", f"output={scored}", *EVALUATE], out / "evaluate.log")
     target = fold_file(row, seed, fold)
     target.parent.mkdir(parents=True, exist_ok=True)
     with (scored / "predictions.csv").open() as f, gzip.open(target, "wt", newline="") as g:
@@ -166,9 +255,10 @@ def run_fold(row: Row, seed: int, fold: Fold, data: Path, work: Path, machine_li
         w.writerow(["patient", "label", "prob_idc", "predicted"])
         for r in csv.DictReader(f):
             w.writerow([r["patient"], r["true_label"], r["prob_idc"], r["label"]])
+    commit = code_version(row.code) + (f" + bench/{row.patch}" if row.patch else "")
     target.with_suffix("").with_suffix(".json").write_text(json.dumps(
         {"train_s": round(train_s, 1), "predict_s": round(predict_s, 1), "test": fold.test, "train": fold.train,
-         "command": ["python -m histo_exp", *row.command(seed)], "machine": machine_line,
+         "command": ["python -m histo_exp", *row.command(seed)], "commit": commit, "machine": machine_line,
          "date": time.strftime("%Y-%m-%d")}, indent=1))
 
 
@@ -193,66 +283,26 @@ def pooled(row: Row, seed: int, all_folds: list[Fold]) -> dict | None:
             "bal_acc": balanced_accuracy_score(cat["label"], cat["pred"]),
             "fold_auc": [roc_auc_score(p["label"], p["prob"]) for p in parts],
             "per_patient": per_patient, "train_s": [t["train_s"] for t in times if "timing_note" not in t],
-            "predict_s": sum(t["predict_s"] for t in times)}
+            "predict_s": sum(t["predict_s"] for t in times), "commits": sorted({t.get("commit", "?") for t in times}),
+            "pooled": Pooled(cat["patient"], cat["label"], cat["prob"], cat["pred"])}
 
 
 def machine() -> str:
-    sys.path.insert(0, str(HERE))
     from run import machine as describe
 
     return describe()
 
 
-def wall(train_s: list[float], folds: int) -> str:
-    """The longest fold's training time; ``*`` when some folds' times were not training times."""
-    return (f"{max(train_s):.0f}" if train_s else "-") + ("*" if len(train_s) < folds else "")
-
-
-def table(all_folds: list[Fold]) -> str:
-    lines = ["| row | overrides | search | seed | pooled AUC | bal. acc. | AUC 8863 / 8864 / 8867 | fold AUCs | "
-             "train s per fold (max) |", "|---|---|---|---|---|---|---|---|---|"]
-    for row in ROWS:
-        done = []
-        for seed in row.seeds:
-            m = pooled(row, seed, all_folds)
-            if m is None:
-                continue
-            done.append(m)
-            pp = " / ".join(f"{m['per_patient'][p]:.3f}" for p in MIXED)
-            folds_auc = " ".join(f"{a:.3f}" for a in m["fold_auc"])
-            search = row.budget
-            lines.append(f"| {row.name} | `{' '.join(row.overrides) or '-'}` | {search} | {seed} | {m['auc']:.4f} | "
-                         f"{m['bal_acc']:.4f} | {pp} | {folds_auc} | {wall(m['train_s'], len(all_folds))} |")
-        if len(done) > 1:
-            auc, acc = (np.array([m[k] for m in done]) for k in ("auc", "bal_acc"))
-            lines.append(f"| {row.name} | | | mean of {len(done)} | **{auc.mean():.4f}** (min {auc.min():.4f}) | "
-                         f"**{acc.mean():.4f}** (min {acc.min():.4f}) | | | |")
-    return "\n".join(lines)
-
-
 def write_report(all_folds: list[Fold]) -> None:
-    fold_lines = "\n".join(f"- fold {f.index}: left out {', '.join(f.test)}" for f in all_folds)
-    machines = sorted({f"{j['machine']} ({j['date']})" for j in map(json.loads, map(Path.read_text,
-                       RESULTS.glob("*/*.json")))})
-    (HERE / "quality.md").write_text(
-        "# make bench-quality: leave-patients-out on idc-mini\n\n"
-        "Measured on: " + "; ".join(machines) + ".\n\n"
-        "Each row trains through the real CLI (`python -m histo_exp data=idc data.test_fraction=0 ...`) on the "
-        "patients outside a fold and scores the fold's left-out patients with `python -m histo_exp.evaluate`; "
-        "the three folds' predictions are pooled. Balanced accuracy is at each model's own saved threshold. "
-        "Search budgets: " + "; ".join(f"{name}: `{' '.join(o) or 'the defaults'}`" for name, o in BUDGETS.items())
-        + ". Rows change only what their overrides say, on top of every lever off and without data=idc's preset "
-        f"(`~preset {' '.join(f'{k}={v}' for k, v in BASE.items())}`), except "
-        + ", ".join(f"`{r.name}`" for r in ROWS if not r.base)
-        + ": data=idc as it is, its preset (conf/preset/idc.yaml) included.\n\n"
-        f"{fold_lines}\n\n{table(all_folds)}\n\n"
-        "\\* a fold whose wall time is not a training time (its JSON's `timing_note` says why) is left out of the "
-        "max. Wall times are as measured on the machine above, with whatever else ran on it at the time.\n")
+    results = {row.name: {s: m for s in row.seeds if (m := pooled(row, s, all_folds))} for row in ROWS}
+    strata = [list(MIXED), [p for p in sorted({p for f in all_folds for p in f.test}) if p not in MIXED]]
+    (HERE / "quality.md").write_text(report(REPORT_GROUPS, results, all_folds, strata, RESULTS, BUDGETS, BASE))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", nargs="*", help="row names to run (default: all, in order)")
+    parser.add_argument("--rows", nargs="*", help="row names to run, in this order (default: the candidates for "
+                        "data=idc's defaults; a row derived from another's searches runs with it)")
     parser.add_argument("--seeds", type=int, nargs="*", help="only these of each row's seeds (default: all)")
     parser.add_argument("--list", action="store_true", help="list the rows and exit")
     parser.add_argument("--data", type=Path, default=DATA, help="the idc-mini folder")
@@ -262,22 +312,23 @@ def main() -> None:
         for row in ROWS:
             print(f"{row.name:22s} seeds {row.seeds}  {row.budget:6s} {' '.join(row.overrides)}")
         return
-    by_name = {r.name: r for r in ROWS}
-    wanted = [by_name[n] for n in args.rows if n in by_name] if args.rows else ROWS  # in the order asked
     unknown = set(args.rows or ()) - {r.name for r in ROWS}
     if unknown:
         sys.exit(f"unknown rows {sorted(unknown)}; --list shows them")
+    wanted = [by_name(n) for n in args.rows] if args.rows else DEFAULTS
     data = args.data.resolve()
     all_folds = folds(data)
     machine_line = machine()
     for row in wanted:
         for seed in (s for s in row.seeds if not args.seeds or s in args.seeds):
             for fold in all_folds:
-                if fold_file(row, seed, fold).exists():
-                    continue
-                print(f"{row.name} seed {seed} fold {fold.index} (left out {', '.join(fold.test)}) ...", flush=True)
-                run_fold(row, seed, fold, data, args.work, machine_line)
-                write_report(all_folds)
+                # a row derived from this one's searches is made right after each search, while it is here
+                for r in (row, *(c for c in wanted if c.parent == row.name and seed in c.seeds)):
+                    if fold_file(r, seed, fold).exists():
+                        continue
+                    print(f"{r.name} seed {seed} fold {fold.index} (left out {', '.join(fold.test)}) ...", flush=True)
+                    run_fold(r, seed, fold, data, args.work, machine_line)
+                    write_report(all_folds)
             m = pooled(row, seed, all_folds)
             if m:
                 print(f"{row.name} seed {seed}: pooled AUC {m['auc']:.4f}, balanced accuracy {m['bal_acc']:.4f}",
