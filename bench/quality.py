@@ -319,8 +319,10 @@ def main() -> None:
     data = args.data.resolve()
     all_folds = folds(data)
     machine_line = machine()
-    for row in wanted:
-        for seed in (s for s in row.seeds if not args.seeds or s in args.seeds):
+    # Seed by seed, every row of a seed before the next seed: what has run at any time is paired.
+    seeds = sorted({s for row in wanted for s in row.seeds if not args.seeds or s in args.seeds})
+    for seed in seeds:
+        for row in (r for r in wanted if seed in r.seeds):
             for fold in all_folds:
                 # a row derived from this one's searches is made right after each search, while it is here
                 for r in (row, *(c for c in wanted if c.parent == row.name and seed in c.seeds)):
