@@ -208,9 +208,11 @@ def worktree(commit: str, patch: str | None, work: Path) -> Path:
 
 
 def code_version(commit: str | None) -> str:
-    """The commit a row's model was trained with; "+changes" when the working tree's package differs from HEAD."""
+    """The commit a row's model was trained with (the working tree's: the last commit that changed the package or
+    its config); "+changes" when the working tree's package differs from it."""
     git = functools.partial(subprocess.run, cwd=REPO, capture_output=True, text=True)
-    short = git(["git", "rev-parse", "--short", commit or "HEAD"]).stdout.strip()
+    short = git(["git", "rev-parse", "--short", commit] if commit else
+                ["git", "log", "-1", "--format=%h", "--", "histo_exp", "conf"]).stdout.strip()
     changed = not commit and git(["git", "status", "--porcelain", "histo_exp", "conf"]).stdout.strip()
     return short + ("+changes" if changed else "")
 
