@@ -7,11 +7,13 @@ folds each leave out one of those three and two or three of the all-IDC patients
 left-out ones with ``python -m histo_exp.evaluate``; the out-of-fold predictions are pooled.
 
 Reported per row: pooled AUC, balanced accuracy at each model's own threshold, AUC within each
-patient holding both classes, and wall time. Each fold's predictions are written to
-``bench/quality/`` as they finish and a fold already there is skipped, so the benchmark can
-run across sessions; ``bench/quality.md`` is rewritten after every fold.
+patient holding both classes, wall time, and the row against its reference on the seeds both ran
+(``bench/paired.py``: a bootstrap interval over seeds and patients). Each fold's predictions are
+written to ``bench/quality/`` as they finish and a fold already there is skipped, so the benchmark
+runs in pieces across sessions, seed by seed; ``bench/quality.md`` (``bench/quality_report.py``) is
+rewritten after every fold.
 
-    python bench/quality.py [--rows NAME ...] [--list] [--data PATH]
+    python bench/quality.py [--rows NAME ...] [--seeds S ...] [--list] [--data PATH] [--work DIR]
 """
 
 from __future__ import annotations
