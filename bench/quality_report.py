@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 from paired import compare, spread
 
-MIXED = ("8863", "8864", "8867")
 MIN_SEEDS = 3  # fewer paired seeds than this: the interval is printed, no verdict drawn
 
 
@@ -19,13 +18,14 @@ def _wall(train_s: list[float], folds: int) -> str:
     return (f"{max(train_s):.0f}" if train_s else "-") + ("*" if len(train_s) < folds else "")
 
 
-def seeds_table(rows: Sequence, results: Mapping[str, Mapping[int, dict]], folds: int) -> list[str]:
-    lines = ["| row | overrides | search | seed | pooled AUC | bal. acc. | AUC 8863 / 8864 / 8867 | fold AUCs | "
+def seeds_table(rows: Sequence, results: Mapping[str, Mapping[int, dict]], folds: int,
+                mixed: Sequence[str]) -> list[str]:
+    lines = [f"| row | overrides | search | seed | pooled AUC | bal. acc. | AUC {' / '.join(mixed)} | fold AUCs | "
              "train s per fold (max) | code |", "|---|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
         done = results[row.name]
         for seed, m in done.items():
-            pp = " / ".join(f"{m['per_patient'][p]:.3f}" for p in MIXED)
+            pp = " / ".join(f"{m['per_patient'][p]:.3f}" for p in mixed)
             folds_auc = " ".join(f"{a:.3f}" for a in m["fold_auc"])
             what = f"{row.parent}'s, then `{' '.join(row.overrides)}`" if row.parent else \
                 f"`{' '.join(row.overrides) or '-'}`"
@@ -111,7 +111,7 @@ def report(groups: Mapping[str, Sequence], results: Mapping[str, Mapping[int, di
     ]
     for title, rows in groups.items():
         out += [f"## {title}", "", *paired_table(rows, results, strata, folds), "",
-                "Each seed:", "", *seeds_table(rows, results, folds), ""]
+                "Each seed:", "", *seeds_table(rows, results, folds, strata[0]), ""]
     out += [
         "Rows of the second table change only what their overrides say, on top of every lever off and without "
         f"data=idc's preset (`~preset {' '.join(f'{k}={v}' for k, v in base.items())}`), with the search budgets "
