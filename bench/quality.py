@@ -79,9 +79,10 @@ class Row:
             return [*by_name(self.parent).command(seed), *self.overrides]
         settings = dict(BASE) if self.base else {}
         settings |= dict(o.split("=", 1) for o in (*BUDGETS[self.budget], *self.overrides) if "=" in o)
-        flags = [o for o in self.overrides if "=" not in o]  # e.g. ~preset
-        preset = ["~preset"] if self.base else flags
-        return ["data=idc", "data.test_fraction=0", *preset, f"seed={seed}", *(f"{k}={v}" for k, v in settings.items())]
+        flags = [o for o in self.overrides if "=" not in o and o != "~preset"]  # e.g. ~preset, +key
+        preset = ["~preset"] if self.base or "~preset" in self.overrides else []
+        return ["data=idc", "data.test_fraction=0", *preset, *flags, f"seed={seed}",
+                *(f"{k}={v}" for k, v in settings.items())]
 
 
 CANDIDATE_SEEDS = (1, 2, 3, 4, 5)  # every candidate for a default; a comparison row at least 3
@@ -234,9 +235,10 @@ def train(row: Row, seed: int, fold: Fold, data: Path, work: Path) -> float:
         search.append(f"paths.cache_dir={work / f'cache-{row.code}'}")
     if row.parent:
         parent = fold_dir(by_name(row.parent), seed, fold, work) / "run"
-        if not (parent / "best_model.keras").exists():  # its search ran on another machine: run it again here
-            print(f"  {row.parent}'s search of seed {seed} fold {fold.index} is not here: running it first", flush=True)
-            train(by_name(row.parent), seed, fold, data, work)
+        if not (parent / "best_model.keras").exists():  # its search ran on another machine: run it again here,
+            # and record it again, so that the two rows are made from one search
+            print(f"  {row.parent}'s search of seed {seed} fold {fold.index} is not here: running it again", flush=True)
+            run_fold(by_name(row.parent), seed, fold, data, work, machine())
         search = [f"tuner.directory={parent}"]
     return run([sys.executable, "-m", "histo_exp", *row.command(seed), f"data.root={patients}",
                 f"paths.output_dir={out / 'run'}", *search, *(CHEAP if row.code else CHEAP_NOW)],
@@ -252,18 +254,20 @@ def run_fold(row: Row, seed: int, fold: Fold, data: Path, work: Path, machine_li
     scored = out / "evaluate"
     predict_s = run([sys.executable, "-m", "histo_exp.evaluate", f"model={out / 'run' / 'best_model.keras'}",
                      "data=idc", f"data.root={test}", f"output={scored}", *EVALUATE], out / "evaluate.log")
-    target = fold_file(row, seed, fold)
+    target = fold_file(row, seed, fold)  # the fold's mark of done: renamed into place last, whole
     target.parent.mkdir(parents=True, exist_ok=True)
-    with (scored / "predictions.csv").open() as f, gzip.open(target, "wt", newline="") as g:
-        w = csv.writer(g)
-        w.writerow(["patient", "label", "prob_idc", "predicted"])
-        for r in csv.DictReader(f):
-            w.writerow([r["patient"], r["true_label"], r["prob_idc"], r["label"]])
     commit = code_version(row.code) + (f" + bench/{row.patch}" if row.patch else "")
     target.with_suffix("").with_suffix(".json").write_text(json.dumps(
         {"train_s": round(train_s, 1), "predict_s": round(predict_s, 1), "test": fold.test, "train": fold.train,
          "command": ["python -m histo_exp", *row.command(seed)], "commit": commit, "machine": machine_line,
          "date": time.strftime("%Y-%m-%d")}, indent=1))
+    partial = target.with_name(target.name + ".partial")
+    with (scored / "predictions.csv").open() as f, gzip.open(partial, "wt", newline="") as g:
+        w = csv.writer(g)
+        w.writerow(["patient", "label", "prob_idc", "predicted"])
+        for r in csv.DictReader(f):
+            w.writerow([r["patient"], r["true_label"], r["prob_idc"], r["label"]])
+    os.replace(partial, target)
 
 
 def read_fold(path: Path) -> dict[str, np.ndarray]:
@@ -287,7 +291,7 @@ def pooled(row: Row, seed: int, all_folds: list[Fold]) -> dict | None:
             "bal_acc": balanced_accuracy_score(cat["label"], cat["pred"]),
             "fold_auc": [roc_auc_score(p["label"], p["prob"]) for p in parts],
             "per_patient": per_patient, "train_s": [t["train_s"] for t in times if "timing_note" not in t],
-            "predict_s": sum(t["predict_s"] for t in times), "commits": sorted({t.get("commit", "?") for t in times}),
+            "predict_s": sum(t["predict_s"] for t in times), "commits": sorted({t.get("commit", "not recorded") for t in times}),
             "pooled": Pooled(cat["patient"], cat["label"], cat["prob"], cat["pred"])}
 
 
@@ -306,7 +310,8 @@ def write_report(all_folds: list[Fold]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", nargs="*", help="row names to run, in this order (default: the candidates for "
-                        "data=idc's defaults; a row derived from another's searches runs with it)")
+                        "data=idc's defaults); a derived row listed with its parent is made right after each of the "
+                        "parent's searches, else from them if they are here, else after running them again")
     parser.add_argument("--seeds", type=int, nargs="*", help="only these of each row's seeds (default: all)")
     parser.add_argument("--list", action="store_true", help="list the rows and exit")
     parser.add_argument("--data", type=Path, default=DATA, help="the idc-mini folder")

@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
-from paired import compare, spread
+from paired import RESAMPLES, compare, spread
 
 MIN_SEEDS = 3  # fewer paired seeds than this: the interval is printed, no verdict drawn
 
@@ -34,7 +34,7 @@ def seeds_table(rows: Sequence, results: Mapping[str, Mapping[int, dict]], folds
     return lines
 
 
-def _cost(row, results: Mapping[str, Mapping[int, dict]], by_name: Mapping, folds: int) -> str:
+def _cost(row, results: Mapping[str, Mapping[int, dict]], folds: int) -> str:
     """Minutes of training per seed (its folds added up; a derived row adds its parent's searches)."""
     minutes = []
     for seed, m in results[row.name].items():
@@ -56,7 +56,6 @@ def _interval(i) -> str:
 
 def paired_table(rows: Sequence, results: Mapping[str, Mapping[int, dict]], strata: Sequence[Sequence[str]],
                  folds: int) -> list[str]:
-    by_name = {r.name: r for r in rows}
     lines = ["| row | seeds | pooled AUC: mean (spread over seeds) | bal. acc.: mean | against | seeds paired | "
              "pooled AUC difference [95% CI] | | bal. acc. difference [95% CI] | | train minutes per seed |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -68,7 +67,7 @@ def paired_table(rows: Sequence, results: Mapping[str, Mapping[int, dict]], stra
         acc = [m["bal_acc"] for m in done.values()]
         head = (f"| {row.name} | {', '.join(map(str, done))} | {np.mean(auc):.4f} ({spread(auc)}) | "
                 f"{np.mean(acc):.4f} |")
-        cost = _cost(row, results, by_name, folds)
+        cost = _cost(row, results, folds)
         ref = results.get(row.reference or "", {})
         paired = compare({s: m["pooled"] for s, m in done.items()}, {s: m["pooled"] for s, m in ref.items()},
                          strata) if ref else None
@@ -97,13 +96,16 @@ def report(groups: Mapping[str, Sequence], results: Mapping[str, Mapping[int, di
         "patients outside a fold and scores the fold's left-out patients with `python -m histo_exp.evaluate`; the "
         "three folds' predictions are pooled. Balanced accuracy is at each model's own saved threshold. Bench runs "
         "draw no figures and bootstrap nothing (`eval.plots=false eval.bootstrap=0 eval.max_maps=0`): neither "
-        "changes a model or a prediction.", "",
+        "changes a model or a prediction. A row run from an older commit draws that commit's figures (it has no "
+        "`eval.plots`) and decodes its own cache on its first fold; its cost includes both.", "",
         fold_lines, "",
         "**Paired comparisons** (`bench/paired.py`): a row against its reference on the seeds both ran (the same "
         "folds, the same seed). The difference is the mean over those seeds of (row - reference); its 95% interval "
-        "is a bootstrap (2,000 resamples) that draws the seeds with replacement and, within each drawn seed, the "
-        f"left-out patients with replacement within two strata (the {len(strata[0])} patients holding both "
-        f"classes, the {len(strata[1])} holding IDC only), the same patients for both rows. A row is called "
+        f"is a bootstrap ({RESAMPLES:,} resamples). Every seed leaves out the same patients, so seeds and patients "
+        "are crossed: each resample draws the seeds with replacement and one resample of the left-out patients "
+        f"(with replacement, within two strata: the {len(strata[0])} patients holding both classes and the "
+        f"{len(strata[1])} holding IDC only, so every resample holds class 0), and applies that one patient draw to "
+        "every drawn seed and to both rows. A row is called "
         f"**better** or **worse** only when the interval excludes 0, else **no difference shown**, and only on at "
         f"least {MIN_SEEDS} paired seeds (on fewer, the interval is given and no call made). The spread over "
         "seeds is the standard deviation and range of the row's pooled AUC. Train minutes per seed: the three "
@@ -113,11 +115,13 @@ def report(groups: Mapping[str, Sequence], results: Mapping[str, Mapping[int, di
         out += [f"## {title}", "", *paired_table(rows, results, strata, folds), "",
                 "Each seed:", "", *seeds_table(rows, results, folds, strata[0]), ""]
     out += [
-        "Rows of the second table change only what their overrides say, on top of every lever off and without "
-        f"data=idc's preset (`~preset {' '.join(f'{k}={v}' for k, v in base.items())}`), with the search budgets "
-        + "; ".join(f"{name}: `{' '.join(o) or 'the defaults'}`" for name, o in budgets.items())
-        + ". The first table's rows are `data=idc` as it is (its preset included) plus their overrides. Rows were "
-        "measured by the code their `code` column names.", "",
+        "The first table's rows are `data=idc` as it is, its preset included unless they say `~preset`, plus "
+        "their overrides. Rows of the second table change only what their overrides say, on top of every lever "
+        f"off and without data=idc's preset (`~preset {' '.join(f'{k}={v}' for k, v in base.items())}`), with the "
+        "search budgets " + "; ".join(f"{name}: `{' '.join(o) or 'the defaults'}`" for name, o in budgets.items())
+        + "; except " + ", ".join(f"`{r.name}`" for rows in list(groups.values())[1:] for r in rows if not r.base)
+        + ": data=idc as it was then, its preset included. Each fold was measured by the code its `code` column "
+        "names.", "",
         "\\* a fold whose wall time is not a training time (its JSON's `timing_note` says why) is left out of the "
         "max and the cost. Wall times are as measured on the machines above, with whatever else ran on them.", ""]
     return "\n".join(out)

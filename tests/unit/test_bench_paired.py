@@ -9,7 +9,7 @@ from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 from helpers import REPO
 
 sys.path.insert(0, str(REPO / "bench"))
-from paired import Pooled, compare, patient_draws, weighted_auc, weighted_balanced_accuracy  # noqa: E402
+from paired import Pooled, auc, balanced_accuracy, compare, counts, patient_draws  # noqa: E402
 
 MIXED, IDC_ONLY = ["m1", "m2", "m3"], ["i1", "i2", "i3", "i4"]
 
@@ -29,24 +29,33 @@ def cohort(rng: np.random.Generator, skill: float) -> Pooled:
     return Pooled(np.array(patient), label, prob, (prob > 0.5).astype(int))
 
 
-def test_weighted_auc_and_accuracy_are_scikit_learns_on_the_patches_repeated_by_their_weights():
+def test_auc_and_accuracy_of_a_patient_resample_are_scikit_learns_on_the_patches_repeated():
     rng = np.random.default_rng(0)
     pooled = cohort(rng, 1.0)
+    patients = [*MIXED, *IDC_ONLY]
     draws = patient_draws([MIXED, IDC_ONLY], 5, rng)
-    names, index = np.unique(pooled.patient, return_inverse=True)
-    for draw in draws:
-        weights = np.array([[draw.get(n, 0) for n in names]])[:, index]
-        repeat = weights[0].astype(int)
+    assert (draws == 0).any()  # some patients left out of some resamples, others drawn twice
+    c = counts(pooled, patients)
+    for weights in draws:
+        repeat = np.array([weights[patients.index(p)] for p in pooled.patient]).astype(int)
         y, prob, pred = (np.repeat(v, repeat) for v in (pooled.label, pooled.prob, pooled.pred))
-        assert weighted_auc(pooled.label, pooled.prob, weights)[0] == pytest.approx(roc_auc_score(y, prob))
-        assert weighted_balanced_accuracy(pooled.label, pooled.pred, weights)[0] == pytest.approx(
-            balanced_accuracy_score(y, pred))
+        assert auc(c, weights)[0] == pytest.approx(roc_auc_score(y, prob))
+        assert balanced_accuracy(c, weights)[0] == pytest.approx(balanced_accuracy_score(y, pred))
 
 
 def test_every_resample_keeps_each_strata_size_so_class_0_is_always_drawn():
     draws = patient_draws([MIXED, IDC_ONLY], 200, np.random.default_rng(1))
-    for d in draws:
-        assert sum(d.get(p, 0) for p in MIXED) == 3 and sum(d.get(p, 0) for p in IDC_ONLY) == 4
+    assert (draws[:, :3].sum(axis=1) == 3).all() and (draws[:, 3:].sum(axis=1) == 4).all()
+
+
+def test_seeds_that_repeat_one_seed_add_no_evidence():
+    """Seeds and patients are crossed (every seed leaves out the same patients): copies of one seed give
+    the interval of that seed alone, not a narrower one."""
+    rng = np.random.default_rng(4)
+    a, b = cohort(rng, 1.0), cohort(rng, 1.3)
+    one = compare({1: b}, {1: a}, [MIXED, IDC_ONLY], resamples=400)
+    five = compare(dict.fromkeys(range(5), b), dict.fromkeys(range(5), a), [MIXED, IDC_ONLY], resamples=400)
+    assert (five.auc.low, five.auc.high) == pytest.approx((one.auc.low, one.auc.high))
 
 
 def test_a_row_against_itself_shows_no_difference_and_a_clearly_better_row_is_called_better():
@@ -62,6 +71,9 @@ def test_a_row_against_itself_shows_no_difference_and_a_clearly_better_row_is_ca
     worse = compare(weak, strong, [MIXED, IDC_ONLY], resamples=300)
     assert worse.auc.verdict == "worse" and worse.auc.mean == pytest.approx(-better.auc.mean)
     assert compare(weak, {5: weak[1]}, [MIXED, IDC_ONLY]) is None
+    other = {1: Pooled(*(v[:-1] for v in (weak[1].patient, weak[1].label, weak[1].prob, weak[1].pred)))}
+    with pytest.raises(ValueError, match="same patches"):
+        compare(other, weak, [MIXED, IDC_ONLY])
 
 
 def test_a_small_difference_on_few_seeds_is_not_called_either_way():
