@@ -86,8 +86,10 @@ def report(groups: Mapping[str, Sequence], results: Mapping[str, Mapping[int, di
            base: Mapping[str, str]) -> str:
     """The whole of bench/quality.md."""
     folds = len(all_folds)
-    machines = sorted({f"{j['machine']} ({j['date']})" for j in map(json.loads, map(Path.read_text,
-                       kept.glob("*/*.json")))})
+    dates: dict[str, set[str]] = {}
+    for j in map(json.loads, map(Path.read_text, kept.glob("*/*.json"))):
+        dates.setdefault(j["machine"], set()).add(j["date"])
+    machines = [f"{machine} ({', '.join(sorted(days))})" for machine, days in sorted(dates.items())]
     fold_lines = "\n".join(f"- fold {f.index}: left out {', '.join(f.test)}" for f in all_folds)
     out = [
         "# make bench-quality: leave-patients-out on idc-mini", "",
