@@ -15,7 +15,7 @@ import h5py
 import numpy as np
 import pytest
 from test_data import data_cfg
-from tqdm._monitor import TMonitor
+from tqdm import TMonitor
 
 from histo_exp import signals
 from histo_exp.data import cache_arrays, pcam, sources
