@@ -91,7 +91,7 @@ class Row:
 
 
 CANDIDATE_SEEDS = (1, 2, 3, 4, 5)  # every candidate for a default; a comparison row at least 3
-# The defaults data=idc had from commit 228c994's benchmark until issue 22 (conf/preset/idc.yaml, since removed):
+# The defaults data=idc had from issue 10 (bd6b621) until issue 22 (conf/preset/idc.yaml, since removed):
 # one 2-block network, Adam's learning rate drawn from 0.0005-0.002, 3 trials averaged into the kept model.
 PRESET = ("model.blocks=2", "model.filters=32", "model.kernel_size=3", "model.activation=relu",
           "optimizer.learning_rate={min: 0.0005, max: 0.002, log: true}", "tuner.max_trials=3", "eval.ensemble=3")
