@@ -68,36 +68,45 @@ class Row:
     overrides: tuple[str, ...] = ()
     seeds: tuple[int, ...] = (1, 2, 3)  # one trial of one network swings with the seed: three of them
     budget: str = "fixed"  # a key of BUDGETS
-    base: bool = True  # on top of BASE, without data=idc's preset (False: data=idc as it is, plus the overrides)
+    base: bool = True  # on top of BASE (False: data=idc as it is, plus the overrides)
     reference: str | None = "fixed"  # the row it is compared with, seed by seed (bench/paired.py)
     parent: str | None = None  # derived: the parent's searches, their final step run again with the overrides
     code: str | None = None  # a commit: trained from a git worktree of it (scored by today's evaluate)...
     patch: str | None = None  # ...with this patch of bench/ applied, where the commit lacks what the folds need
+
+    @property
+    def described(self) -> str:
+        """The overrides as the report shows them, PRESET by its name."""
+        preset = self.overrides[:len(PRESET)] == PRESET
+        rest = " ".join(self.overrides[len(PRESET):] if preset else self.overrides)
+        return " + ".join([*(["PRESET"] if preset else []), *([f"`{rest}`"] if rest else [])]) or "-"
 
     def command(self, seed: int) -> list[str]:
         if self.parent:
             return [*by_name(self.parent).command(seed), *self.overrides]
         settings = dict(BASE) if self.base else {}
         settings |= dict(o.split("=", 1) for o in (*BUDGETS[self.budget], *self.overrides) if "=" in o)
-        flags = [o for o in self.overrides if "=" not in o and o != "~preset"]  # e.g. ~preset, +key
-        preset = ["~preset"] if self.base or "~preset" in self.overrides else []
-        return ["data=idc", "data.test_fraction=0", *preset, *flags, f"seed={seed}",
-                *(f"{k}={v}" for k, v in settings.items())]
+        flags = [o for o in self.overrides if "=" not in o]  # e.g. +key
+        return ["data=idc", "data.test_fraction=0", *flags, f"seed={seed}", *(f"{k}={v}" for k, v in settings.items())]
 
 
 CANDIDATE_SEEDS = (1, 2, 3, 4, 5)  # every candidate for a default; a comparison row at least 3
+# The defaults data=idc had from issue 10 (bd6b621) until issue 22 (conf/preset/idc.yaml, since removed):
+# one 2-block network, Adam's learning rate drawn from 0.0005-0.002, 3 trials averaged into the kept model.
+PRESET = ("model.blocks=2", "model.filters=32", "model.kernel_size=3", "model.activation=relu",
+          "optimizer.learning_rate={min: 0.0005, max: 0.002, log: true}", "tuner.max_trials=3", "eval.ensemble=3")
 # Issue 22: the candidates for data=idc's defaults, each compared with the seed's own search on the same seeds.
 DEFAULTS = [
-    Row("search", ("~preset",), CANDIDATE_SEEDS, "full", base=False, reference=None),  # the reference
+    Row("search", (), CANDIDATE_SEEDS, "full", base=False, reference=None),  # the reference: data=idc's default
     Row("search-ensemble-3", ("eval.ensemble=3",), CANDIDATE_SEEDS, "full", base=False, reference="search",
         parent="search"),  # the same searches, their 3 best trials averaged
-    Row("preset", (), CANDIDATE_SEEDS, "full", base=False, reference="search"),  # conf/preset/idc.yaml
-    Row("preset-long", ("trainer.epochs=15", "trainer.early_stopping_patience=3"), CANDIDATE_SEEDS, "full",
-        base=False, reference="search"),  # longer training, stopped on validation AUC
-    Row("preset-gray", ("data.color=gray",), CANDIDATE_SEEDS, "full", base=False, reference="search"),
+    Row("preset", PRESET, CANDIDATE_SEEDS, "full", base=False, reference="search"),
+    Row("preset-long", (*PRESET, "trainer.epochs=15", "trainer.early_stopping_patience=3"), CANDIDATE_SEEDS,
+        "full", base=False, reference="search"),  # longer training, stopped on validation AUC
+    Row("preset-gray", (*PRESET, "data.color=gray"), CANDIDATE_SEEDS, "full", base=False, reference="search"),
     # More networks averaged: the pooled AUC suffers most from one network's luck on one patient.
-    Row("preset-ensemble-5", ("tuner.max_trials=5", "eval.ensemble=5"), CANDIDATE_SEEDS, "full", base=False,
-        reference="search"),
+    Row("preset-ensemble-5", (*PRESET, "tuner.max_trials=5", "eval.ensemble=5"), CANDIDATE_SEEDS, "full",
+        base=False, reference="search"),
     # The combination the first 3 seeds support: the one lever that helped on every seed (more networks
     # averaged: preset-ensemble-5 over the preset) on the strongest row, the search; its 5 best trials.
     Row("search-ensemble-5", ("eval.ensemble=5",), CANDIDATE_SEEDS, "full", base=False, reference="search",
@@ -110,8 +119,8 @@ DEFAULTS = [
 # Issue 10: single levers on one network (or a small search), each against the row it varies.
 LEVERS = [
     Row("before", (), (1, 2), budget="full", reference=None),  # the defaults of data=idc before this benchmark
-    # The defaults of data=idc then (conf/preset/idc.yaml): ensemble-3 below, so seeds 3 and 4 (1 and 2 would repeat it).
-    Row("defaults", (), (3, 4), budget="full", base=False, reference=None),
+    # The defaults of data=idc then (PRESET): ensemble-3 below, so seeds 3 and 4 (1 and 2 would repeat it).
+    Row("defaults", PRESET, (3, 4), budget="full", base=False, reference=None),
     Row("fixed", seeds=(1, 2, 3, 4), reference=None),  # the baseline of the "fixed" rows below: every lever off
     Row("gray", ("data.color=gray",)),
     Row("no-flip-rotate", ("data.augment.flip=false", "data.augment.rotate90=false")),
@@ -323,7 +332,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.list:
         for row in ROWS:
-            print(f"{row.name:22s} seeds {row.seeds}  {row.budget:6s} {' '.join(row.overrides)}")
+            print(f"{row.name:22s} seeds {row.seeds}  {row.budget:6s} {row.described}")
         return
     unknown = set(args.rows or ()) - {r.name for r in ROWS}
     if unknown:

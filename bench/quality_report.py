@@ -27,8 +27,7 @@ def seeds_table(rows: Sequence, results: Mapping[str, Mapping[int, dict]], folds
         for seed, m in done.items():
             pp = " / ".join(f"{m['per_patient'][p]:.3f}" for p in mixed)
             folds_auc = " ".join(f"{a:.3f}" for a in m["fold_auc"])
-            what = f"{row.parent}'s, then `{' '.join(row.overrides)}`" if row.parent else \
-                f"`{' '.join(row.overrides) or '-'}`"
+            what = f"{row.parent}'s, then {row.described}" if row.parent else row.described
             lines.append(f"| {row.name} | {what} | {row.budget} | {seed} | {m['auc']:.4f} | {m['bal_acc']:.4f} | {pp} "
                          f"| {folds_auc} | {_wall(m['train_s'], folds)} | {', '.join(m['commits'])} |")
     return lines
@@ -117,12 +116,13 @@ def report(groups: Mapping[str, Sequence], results: Mapping[str, Mapping[int, di
         out += [f"## {title}", "", *paired_table(rows, results, strata, folds), "",
                 "Each seed:", "", *seeds_table(rows, results, folds, strata[0]), ""]
     out += [
-        "The first table's rows are `data=idc` as it is, its preset included unless they say `~preset`, plus "
-        "their overrides. Rows of the second table change only what their overrides say, on top of every lever "
-        f"off and without data=idc's preset (`~preset {' '.join(f'{k}={v}' for k, v in base.items())}`), with the "
+        "The first table's rows are `data=idc` as it is (the seed's own search) plus their overrides; the "
+        "rows named preset add theirs to the defaults data=idc had until issue 22 (conf/preset/idc.yaml, since removed; "
+        "`PRESET` in bench/quality.py). Rows of the second table change only what their overrides say, on top of "
+        f"every lever off (`{' '.join(f'{k}={v}' for k, v in base.items())}`), with the "
         "search budgets " + "; ".join(f"{name}: `{' '.join(o) or 'the defaults'}`" for name, o in budgets.items())
         + "; except " + ", ".join(f"`{r.name}`" for rows in list(groups.values())[1:] for r in rows if not r.base)
-        + ": data=idc as it was then, its preset included. Each fold was measured by the code its `code` column "
+        + ": data=idc as it was then. Each fold was measured by the code its `code` column "
         "names.", "",
         "\\* a fold whose wall time is not a training time (its JSON's `timing_note` says why) is left out of the "
         "max and the cost. Wall times are as measured on the machines above, with whatever else ran on them.", ""]

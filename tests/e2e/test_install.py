@@ -21,4 +21,4 @@ def test_the_module_runs_when_installed_outside_the_repo(tmp_path):
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert "keras.optimizers.Adam" in done.stdout
-    assert "max_trials: 3" in done.stdout and "min: 0.0005" in done.stdout  # data=idc's preset, nested folder too
+    assert "source: idc" in done.stdout and "port: 8000" in done.stdout  # conf/data, and a nested folder too

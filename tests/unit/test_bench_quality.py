@@ -11,11 +11,14 @@ import quality  # noqa: E402
 
 def test_the_reference_is_the_seeds_own_search_and_a_derived_row_only_adds_its_final_step():
     search, ensemble = quality.by_name("search"), quality.by_name("search-ensemble-3")
-    assert search.command(2) == ["data=idc", "data.test_fraction=0", "~preset", "seed=2"]
+    assert search.command(2) == ["data=idc", "data.test_fraction=0", "seed=2"]
     assert ensemble.command(2) == [*search.command(2), "eval.ensemble=3"] and ensemble.parent == "search"
-    assert quality.by_name("preset").command(1) == ["data=idc", "data.test_fraction=0", "seed=1"]
+    preset = quality.by_name("preset").command(1)
+    assert preset == ["data=idc", "data.test_fraction=0", "seed=1", *quality.PRESET]
     long = quality.by_name("preset-long").command(1)
-    assert "~preset" not in long and "trainer.epochs=15" in long
+    assert long[:len(preset)] == preset and "trainer.epochs=15" in long
+    five = quality.by_name("preset-ensemble-5").command(1)  # its own trials and ensemble, not the preset's
+    assert "tuner.max_trials=5" in five and "tuner.max_trials=3" not in five and "eval.ensemble=3" not in five
 
 
 def test_every_candidate_runs_the_same_5_seeds_against_the_search_and_comparisons_at_least_3():
@@ -27,7 +30,7 @@ def test_every_candidate_runs_the_same_5_seeds_against_the_search_and_comparison
 
 def test_a_lever_row_changes_only_its_override_on_top_of_every_lever_off():
     gray = quality.by_name("gray").command(1)
-    assert "~preset" in gray and "data.color=gray" in gray and "data.color=rgb" not in gray
+    assert "data.color=gray" in gray and "data.color=rgb" not in gray
     assert "tuner.max_trials=1" in gray and "eval.ensemble=1" in gray
 
 
