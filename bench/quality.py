@@ -77,17 +77,19 @@ class Row:
     @property
     def described(self) -> str:
         """The overrides as the report shows them, PRESET by its name."""
-        preset = self.overrides[:len(PRESET)] == PRESET
-        rest = " ".join(self.overrides[len(PRESET):] if preset else self.overrides)
-        return " + ".join([*(["PRESET"] if preset else []), *([f"`{rest}`"] if rest else [])]) or "-"
+        parts, rest = [], self.overrides
+        if rest[:len(PRESET)] == PRESET:
+            parts, rest = ["PRESET"], rest[len(PRESET):]
+        if rest:
+            parts.append(f"`{' '.join(rest)}`")
+        return " + ".join(parts) or "-"
 
     def command(self, seed: int) -> list[str]:
         if self.parent:
             return [*by_name(self.parent).command(seed), *self.overrides]
         settings = dict(BASE) if self.base else {}
-        settings |= dict(o.split("=", 1) for o in (*BUDGETS[self.budget], *self.overrides) if "=" in o)
-        flags = [o for o in self.overrides if "=" not in o]  # e.g. +key
-        return ["data=idc", "data.test_fraction=0", *flags, f"seed={seed}", *(f"{k}={v}" for k, v in settings.items())]
+        settings |= dict(o.split("=", 1) for o in (*BUDGETS[self.budget], *self.overrides))
+        return ["data=idc", "data.test_fraction=0", f"seed={seed}", *(f"{k}={v}" for k, v in settings.items())]
 
 
 CANDIDATE_SEEDS = (1, 2, 3, 4, 5)  # every candidate for a default; a comparison row at least 3
