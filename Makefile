@@ -13,14 +13,23 @@ WORKERS ?= 2
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
 
-$(STAMP): pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	@echo "installing histo_exp and its dependencies into $(VENV) (log: $(VENV)/install.log)"
-	@{ $(BIN)/pip install --upgrade pip && $(BIN)/pip install -e '.[dev]'; } > $(VENV)/install.log 2>&1 \
+LOCK := requirements-lock.txt
+
+# A new .venv from the lock: pinned pip and build tools first, then the package with exactly the locked versions
+# (no build isolation, so the locked setuptools builds it), then a check that nothing else got in.
+$(STAMP): pyproject.toml $(LOCK)
+	$(PYTHON) -m venv --clear $(VENV)
+	@echo "installing histo_exp and the versions of $(LOCK) into $(VENV) (log: $(VENV)/install.log)"
+	@{ $(BIN)/pip install -c $(LOCK) pip setuptools wheel \
+		&& $(BIN)/pip install -c $(LOCK) --no-build-isolation -e '.[dev]'; } > $(VENV)/install.log 2>&1 \
 		|| { tail -n 40 $(VENV)/install.log; exit 1; }
+	$(BIN)/python scripts/lock.py check $(LOCK)
 	touch $(STAMP)
 
-install: $(STAMP) ## create .venv and install the package with its test tools
+install: $(STAMP) ## create .venv and install the package with its test tools, at the versions of requirements-lock.txt
+
+lock: ## refresh requirements-lock.txt: pip's newest versions within pyproject.toml's ranges (then make test, commit)
+	$(PYTHON) scripts/lock.py write $(LOCK)
 
 run: $(STAMP) ## run the default experiment (synthetic data, Bayesian search, MLflow)
 	$(BIN)/python -m histo_exp $(ARGS)
@@ -38,7 +47,7 @@ screenshot: $(STAMP) browser ## refresh docs/mlflow-ui.png (the README's MLflow 
 	HISTO_EXP_SCREENSHOT=$(CURDIR)/docs/mlflow-ui.png $(BIN)/python -m pytest tests/test_server.py -k ui
 
 lint: $(STAMP) ## static checks (ruff)
-	$(BIN)/ruff check histo_exp tests bench
+	$(BIN)/ruff check histo_exp tests bench scripts
 
 prepare: $(STAMP) ## index and cache a dataset only: make prepare ARGS="data=idc data.root=/path"
 	$(BIN)/python -m histo_exp.prepare $(ARGS)
@@ -67,4 +76,4 @@ ui: $(STAMP) ## open the MLflow UI on the store that runs from this folder log t
 clean: ## remove run outputs and the local MLflow store (keeps .venv and the data cache)
 	rm -rf outputs multirun mlruns
 
-.PHONY: help install run test test-fast browser screenshot lint prepare bench bench-gpu search-distributed server ui clean
+.PHONY: help install lock run test test-fast browser screenshot lint prepare bench bench-gpu search-distributed server ui clean
