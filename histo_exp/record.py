@@ -10,7 +10,7 @@ from pathlib import Path
 import keras_tuner as kt
 from omegaconf import DictConfig, OmegaConf
 
-from histo_exp import files
+from histo_exp import files, stack
 from histo_exp.classes import model_classes
 from histo_exp.config import config_yaml
 from histo_exp.data.card import write_card
@@ -30,7 +30,8 @@ NOTE = "mlflow.note.content"  # the tag MLflow shows as the run's description
 
 
 def open_search_run(cfg: DictConfig, settings: Settings, tracker: Tracker, folder: SearchFolder) -> None:
-    """Start the search run, or reopen the one this search folder logged to, and record it there."""
+    """Start the search run, or reopen the one this search folder logged to, and record it there with the
+    Python environment it runs in."""
     uri = tracker.tracking_uri
     tracker.send_unsent(folder.outputs())  # earlier launches' trials first: this one's resume counts them
     tracker.start_search(
@@ -40,6 +41,8 @@ def open_search_run(cfg: DictConfig, settings: Settings, tracker: Tracker, folde
     )
     if tracker.search_run_id:
         folder.record_run(tracker.search_run_id, uri)
+    # Every installed version, beside the main ones the run's tags name (provenance): the stack behind a number.
+    tracker.log_artifact(files.write_text(Path(settings.paths.output_dir) / "environment.txt", stack.installed()))
     if folder.role == "chief":
         log.info("chief: serving the search on %s:%s for workers (tuner folder %s)",
                  os.environ["KERASTUNER_ORACLE_IP"], os.environ["KERASTUNER_ORACLE_PORT"], folder.path)

@@ -17,7 +17,7 @@ import keras_tuner as kt
 from omegaconf import DictConfig
 from sklearn.exceptions import ConvergenceWarning
 
-from histo_exp import build, record
+from histo_exp import build, record, stack
 from histo_exp.data.batches import split_batches
 from histo_exp.data.dataset import PatchData, load
 from histo_exp.data.device import on_device
@@ -46,7 +46,7 @@ def run(cfg: DictConfig, settings: Settings | None = None) -> dict[str, float]:
     data = load(settings.data)
     log.info("data:\n%s", data.summary())
     data = dataclasses.replace(data, images=on_device(data.images, settings.trainer.data_on_device))
-    log.info("keras %s on the %s backend", keras.__version__, keras.backend.backend())
+    log.info("stack: %s", stack.describe(keras.backend.backend()))
     with SearchFolder.of(settings.tuner).entered() as folder:
         folder.note_output(out)
         if folder.role == "worker":

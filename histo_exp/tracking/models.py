@@ -4,7 +4,6 @@ registry versions under the alias ``champion``, the best validation AUC so far o
 from __future__ import annotations
 
 import contextlib
-import importlib.metadata
 import json
 import logging
 import os
@@ -20,11 +19,11 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_MODEL_VERSIONS
 
+from histo_exp import stack
 from histo_exp.tracking.base import CHAMPION, FINGERPRINT, MODEL_NAME, VAL_AUC
 
 log = logging.getLogger(__name__)
 
-BACKEND_PACKAGES = {"tensorflow": "tensorflow", "jax": "jax", "torch": "torch"}
 
 
 def log_pyfunc_model(client: MlflowClient, experiment_id: str, run_id: str, keras_path: Path,
@@ -152,5 +151,5 @@ def _requirements() -> list[str]:
     """Pinned pip requirements of the pyfunc model, so MLflow need not infer them in a subprocess."""
     import keras
 
-    backend = BACKEND_PACKAGES.get(keras.backend.backend(), keras.backend.backend())
-    return [f"{pkg}=={importlib.metadata.version(pkg)}" for pkg in ("mlflow", "keras", backend, "numpy")]
+    backend = stack.BACKENDS.get(keras.backend.backend(), (keras.backend.backend(),))[0]
+    return [f"{pkg}=={stack.version(pkg)}" for pkg in ("mlflow", "keras", backend, "numpy")]

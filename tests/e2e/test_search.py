@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import csv
 import json
+import platform
 import subprocess
 import sys
+from importlib.metadata import version
 from pathlib import Path
 
 import pytest
@@ -16,6 +18,9 @@ from helpers import cli_env, split_parts
 
 
 def test_the_console_says_what_the_search_did_and_where_to_look(golden):
+    stack = (f"stack: keras {version('keras')} on the tensorflow backend (tensorflow {version('tensorflow')}); "
+             f"keras-tuner {version('keras-tuner')}, hydra-core {version('hydra-core')}, mlflow {version('mlflow')}")
+    assert golden.output.count(stack) == 1
     for expected in ("trial 0 completed: val_auc=", "best trial", "decision threshold",
                      "test 95% CI (by patient)", "balanced_accuracy", "make ui",
                      "mlflow ui --backend-store-uri sqlite:///"):
@@ -41,10 +46,15 @@ def test_the_search_run_records_data_model_metrics_machine_and_provenance(golden
     m = run.data.metrics
     assert 0 <= m["test_auc_ci_low"] <= m["test_auc_ci_high"] <= 1 and "threshold" in m
     assert run.data.tags["histo_exp.version"] and len(run.data.tags["histo_exp.git_commit"]) == 40
+    for name in ("tensorflow", "keras", "keras-tuner", "hydra-core", "mlflow", "numpy"):
+        assert run.data.tags[f"histo_exp.stack.{name}"] == version(name)
+    assert run.data.tags["histo_exp.stack.python"] == platform.python_version()
+    environment = Path(client.download_artifacts(run.info.run_id, "environment.txt", str(golden.folder / "env")))
+    assert f"keras-tuner=={version('keras-tuner')}" in environment.read_text().lower().replace("_", "-")
     assert run.data.params["optimizer.name"] == "adam" and run.data.params["tuner.max_trials"] == "2"
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"config.yaml", "roc.png", "pr.png", "confusion.png", "trials.png", "training_curves.png",
-            "split.csv", "trials.csv", "model", "maps", "data"} <= artifacts
+            "split.csv", "trials.csv", "model", "maps", "data", "environment.txt"} <= artifacts
     assert {a.path for a in client.list_artifacts(run.info.run_id, "data")} == {"data/dataset_card.png",
                                                                                 "data/dataset_card.csv"}
     maps = [a.path for a in client.list_artifacts(run.info.run_id, "maps")]
