@@ -46,6 +46,12 @@ browser: ## install Debian's chromium for the MLflow UI browser test (if missing
 screenshot: $(STAMP) browser ## refresh docs/mlflow-ui.png (the README's MLflow UI picture) from the browser test
 	HISTO_EXP_SCREENSHOT=$(CURDIR)/docs/mlflow-ui.png $(BIN)/python -m pytest tests/test_server.py -k ui
 
+# mutmut copies the package's .py files into mutants/, not the conf/ link the tests compose configs from.
+mutation: $(STAMP) ## mutation testing of the code that computes results (mutmut, [tool.mutmut]; not in CI: see docs/development.md) [ARGS=...]
+	mkdir -p mutants/histo_exp && ln -sfn ../conf mutants/histo_exp/conf
+	$(BIN)/mutmut run $(ARGS)
+	$(BIN)/mutmut results
+
 lint: $(STAMP) ## static checks (ruff)
 	$(BIN)/ruff check histo_exp tests bench scripts
 
@@ -76,4 +82,4 @@ ui: $(STAMP) ## open the MLflow UI on the store that runs from this folder log t
 clean: ## remove run outputs and the local MLflow store (keeps .venv and the data cache)
 	rm -rf outputs multirun mlruns
 
-.PHONY: help install lock run test test-fast browser screenshot lint prepare bench bench-gpu search-distributed server ui clean
+.PHONY: help install lock mutation run test test-fast browser screenshot lint prepare bench bench-gpu search-distributed server ui clean

@@ -31,7 +31,7 @@ def written(folder: Path, *given: str) -> list[str]:
 ])
 def test_an_unknown_key_is_a_hydra_error_and_writes_nothing(tmp_path, module, args, key):
     done = command(tmp_path, module, *args)
-    assert done.returncode != 0
+    assert done.returncode == 1 and "Traceback" not in done.stderr  # Hydra's own error: exit 1 (docs/reliability.md)
     assert f"Could not override '{key}'" in done.stderr and f"Key '{key}' is not in struct" in done.stderr
     assert written(tmp_path) == []  # no outputs/, no .hydra/, no log file
 
@@ -39,7 +39,7 @@ def test_an_unknown_key_is_a_hydra_error_and_writes_nothing(tmp_path, module, ar
 def test_the_commands_take_their_own_keys_not_the_experiments(tmp_path):
     """``model=`` names a file for predict; the experiment's groups are not there (no optimizer=)."""
     done = command(tmp_path, "predict", "model=x.keras", "input=x", "optimizer=sgd")
-    assert done.returncode != 0 and "Could not override 'optimizer'" in done.stderr
+    assert done.returncode == 1 and "Could not override 'optimizer'" in done.stderr and "Traceback" not in done.stderr
     shown = command(tmp_path, "trials", "source=abc", "csv=t.csv", "--cfg", "job", "--resolve")
     assert shown.returncode == 0, shown.stderr[-2000:]
     assert "source: abc" in shown.stdout and "csv: t.csv" in shown.stdout
@@ -96,14 +96,16 @@ def test_an_experiment_config_error_is_one_line_before_any_data_work_or_run(tmp_
 def test_an_unknown_option_of_a_group_lists_the_options_and_makes_no_folder(tmp_path):
     done = subprocess.run([sys.executable, "-m", "histo_exp", "optimizer=adamw"], cwd=tmp_path,
                           env=cli_env(tmp_path), capture_output=True, text=True, timeout=120)
-    assert done.returncode != 0 and "Available options" in done.stderr + done.stdout
+    assert done.returncode == 1 and "Available options" in done.stderr + done.stdout
+    assert "Traceback" not in done.stderr
     assert list(tmp_path.iterdir()) == []  # the config does not compose: Hydra makes no run folder
 
 
 def test_a_failing_trials_export_writes_nothing(tmp_path):
     (tmp_path / "tuner").mkdir()
     done = command(tmp_path, "trials", "source=tuner", "csv=t.csv")
-    assert done.returncode != 0 and "no KerasTuner trials (trial_*/trial.json) under tuner" in done.stderr
+    assert done.returncode == 2 and done.stderr.splitlines()[-1] == "no KerasTuner trials (trial_*/trial.json) under tuner"
+    assert "Traceback" not in done.stderr
     assert written(tmp_path, "tuner") == []
 
 
@@ -115,7 +117,7 @@ def test_a_run_id_without_a_store_is_an_error_that_creates_no_store(tmp_path, ti
     """Looking a run up must not leave an empty ./mlruns/mlflow.db behind (MLflow makes one on open)."""
     (tmp_path / "tree").symlink_to(tiny_root)
     done = command(tmp_path, module, *args)
-    assert done.returncode != 0
+    assert done.returncode == 2 and "Traceback" not in done.stderr
     assert f"no MLflow store at sqlite:///{tmp_path}/mlruns/mlflow.db" in done.stderr
     assert written(tmp_path, "tree") == []
 
@@ -127,14 +129,15 @@ def test_a_run_id_without_a_store_is_an_error_that_creates_no_store(tmp_path, ti
 def test_a_run_id_with_logger_none_says_there_is_no_store(tmp_path, tiny_root, module, args):
     (tmp_path / "tree").symlink_to(tiny_root)
     done = command(tmp_path, module, *args, "logger=none")
-    assert done.returncode != 0 and "no MLflow store to look this up in (logger=none)" in done.stderr
+    assert done.returncode == 2 and "no MLflow store to look this up in (logger=none)" in done.stderr
+    assert "Traceback" not in done.stderr
     assert written(tmp_path, "tree") == []
 
 
 def test_a_model_that_is_not_there_leaves_no_output_folder(tmp_path, tiny_root):
     done = command(tmp_path, "predict", "model=missing.keras", f"input={tiny_root}", "output=res/p.csv",
                    f"tracking_uri=sqlite:///{tmp_path.parent}/{tmp_path.name}-elsewhere.db")
-    assert done.returncode != 0 and "missing.keras" in done.stderr
+    assert done.returncode == 2 and "missing.keras" in done.stderr and "Traceback" not in done.stderr
     assert written(tmp_path) == []
 
 

@@ -17,7 +17,8 @@ from helpers import predict as main
 def test_missing_arguments_and_unknown_models_say_what_to_pass(tmp_path, tiny_root):
     done = subprocess.run([sys.executable, "-m", "histo_exp.predict", "input=x"], cwd=tmp_path,
                           env=cli_env(tmp_path), capture_output=True, text=True, timeout=120)
-    assert done.returncode != 0 and "missing model" in done.stderr and "Usage" in done.stderr
+    assert done.returncode == 2 and "missing model" in done.stderr and "Usage" in done.stderr
+    assert "Traceback" not in done.stderr
     assert list(tmp_path.iterdir()) == []  # no outputs/, no .hydra/, no log file
     store = f"sqlite:///{tmp_path}/m.db"
     with pytest.raises(FileNotFoundError, match="no MLflow store at .*m.db"):

@@ -238,7 +238,8 @@ def test_one_process_at_a_time_leads_a_search(tmp_path):
         code = ("import sys; from pathlib import Path; from histo_exp.tuning.search_folder import SearchFolder\n"
                 "with SearchFolder(Path(sys.argv[1])).led(): pass")
         other = subprocess.run([sys.executable, "-c", code, str(folder.path)], capture_output=True, text=True)
-        assert other.returncode != 0 and "another process is running the search" in other.stderr
+        # EnvironmentFault: a command says it in one line with exit 1 (errors.one_line_errors)
+        assert "histo_exp.errors.EnvironmentFault: another process is running the search" in other.stderr
     with folder.led():  # free again once the holder is done
         pass
 

@@ -193,3 +193,42 @@ def test_the_split_table_lists_sites_and_each_class_and_keeps_idc_as_it_was():
                              "val_patches": 4, "val_patients": 1, "val_n_0": 1, "val_n_1": 3,
                              "test_patches": 2, "test_patients": 1, "test_n_0": 0, "test_n_1": 2}
     assert "site" in patch_data(labels.clip(0, 1), patients, split, ("0", "1"), sites).split_table().splitlines()[0]
+
+
+# Eight patients whose first three splitting attempts (seed 42) leave a part without IDC: class 1 is under p0, p2
+# and p7 only. Found by drawing small cohorts; the test asserts it, so a change to the splitter shows here.
+RETRIED = {"p0": [1, 1], "p1": [0] * 4, "p2": [1] * 5, "p3": [0] * 2, "p4": [0] * 2, "p5": [0] * 5, "p6": [0] * 3,
+           "p7": [0, 1, 0, 0]}
+
+
+def retried_cohort() -> tuple[np.ndarray, np.ndarray]:
+    labels = np.array([y for ys in RETRIED.values() for y in ys], dtype=np.int8)
+    patients = np.array([p for p, ys in RETRIED.items() for _ in ys])
+    return labels, patients
+
+
+def test_a_split_whose_first_attempts_miss_a_class_is_drawn_again_until_every_part_holds_both():
+    """(The next test shows that three attempts do not suffice.)"""
+    labels, patients = retried_cohort()
+    split = split_by_patient(labels, patients, 0.25, 0.25, seed=42)
+    held = [set(patients[getattr(split, part)].tolist()) for part in PARTS]
+    assert not (held[0] & held[1] or held[0] & held[2] or held[1] & held[2])
+    assert set().union(*held) == set(RETRIED)
+    for part in PARTS:
+        assert set(labels[getattr(split, part)].tolist()) == {0, 1}, part
+    idc = {"p0", "p2", "p7"}
+    assert all(len(idc & h) == 1 for h in held)  # three IDC patients, one in each part
+
+
+def test_a_split_that_cannot_be_drawn_in_the_attempts_allowed_is_one_error_naming_the_rare_class(monkeypatch):
+    from histo_exp.data import split as splitting
+
+    labels, patients = retried_cohort()
+    monkeypatch.setattr(splitting, "ATTEMPTS", 3)  # the cohort needs a fourth attempt at seed 42
+    with pytest.raises(DatasetError) as err:
+        split_by_patient(labels, patients, 0.25, 0.25, seed=42)
+    assert str(err.value) == ("could not split 8 patients so that train, val, test each hold both classes "
+                              "(class 1 is under only 3 of them); add patients or change data.val_fraction / "
+                              "data.test_fraction")
+    monkeypatch.setattr(splitting, "ATTEMPTS", 4)
+    assert split_by_patient(labels, patients, 0.25, 0.25, seed=42).test.size
