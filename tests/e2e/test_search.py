@@ -45,6 +45,7 @@ def test_the_search_run_records_data_model_metrics_machine_and_provenance(golden
             assert f"{split}_{name}" in run.data.metrics
     m = run.data.metrics
     assert 0 <= m["test_auc_ci_low"] <= m["test_auc_ci_high"] <= 1 and "threshold" in m
+    assert 0 <= m["test_f1_ci_low"] <= m["test_f1_ci_high"] <= 1  # docs/evaluation.md; its values: test_evaluation
     assert run.data.tags["histo_exp.version"] and len(run.data.tags["histo_exp.git_commit"]) == 40
     for name in ("tensorflow", "keras", "keras-tuner", "hydra-core", "mlflow", "numpy"):
         assert run.data.tags[f"histo_exp.stack.{name}"] == version(name)

@@ -8,7 +8,7 @@ import keras
 import keras_tuner as kt
 import numpy as np
 import pytest
-from sklearn.metrics import roc_auc_score
+from sklearn.metrics import average_precision_score, roc_auc_score
 
 from histo_exp.classes import model_classes
 from histo_exp.data.synthetic import SyntheticSpec, generate
@@ -84,6 +84,27 @@ def test_macro_auc_is_scikit_learns_one_vs_rest_and_each_class_is_logged():
     assert m["auc"] == pytest.approx(np.mean([m[f"auc_{n}"] for n in NAMES]))
     assert scores.auc == pytest.approx(m["auc"]) and split_metrics(scores, None, NAMES) == m
     assert 0 < m["f1"] <= 1 and 0 < m["balanced_accuracy"] <= 1
+
+
+def test_the_decisions_macro_means_are_those_counted_by_hand():
+    """Classes of 3, 2 and 1 patches (macro, micro and weighted F1 all differ), decided by the most probable."""
+    y = np.array([0, 0, 0, 1, 1, 2])
+    decided = np.array([0, 0, 1, 1, 1, 0])
+    prob = np.full((6, 3), 0.1) + 0.7 * np.eye(3)[decided]
+    prob[:, 2] += np.array([0.0, 0.05, 0.0, 0.0, 0.0, 0.1])  # class 2's own column ranks its patch first
+    prob /= prob.sum(axis=1, keepdims=True)
+    m = class_metrics(y, prob, NAMES)
+    # F1 per class: 2*2/(2*2+1+1), 2*2/(2*2+1+0), 0 (class 2 never decided): macro = their mean.
+    assert m["f1"] == pytest.approx((4 / 6 + 4 / 5 + 0) / 3)
+    assert m["balanced_accuracy"] == pytest.approx((2 / 3 + 2 / 2 + 0 / 1) / 3)  # each class's recall, averaged
+    assert m["accuracy"] == pytest.approx(4 / 6)
+    # One-vs-rest AUCs by hand: class 2's patch scores highest in its column (AUC 1).
+    assert m["auc_class 2"] == pytest.approx(1.0)
+    assert m["auc"] == pytest.approx(np.mean([m[f"auc_{n}"] for n in NAMES]))
+    for k, name in enumerate(NAMES):
+        assert m[f"auc_{name}"] == pytest.approx(roc_auc_score(y == k, prob[:, k]))
+    # pr_auc: the mean of each class's average precision; class 2's one patch is ranked first (AP 1).
+    assert m["pr_auc"] == pytest.approx(np.mean([average_precision_score(y == k, prob[:, k]) for k in range(3)]))
 
 
 def test_class_cis_by_patient_bracket_each_class_auc_and_the_table_has_a_row_per_class():

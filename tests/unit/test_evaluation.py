@@ -10,6 +10,7 @@ from sklearn.metrics import (
     f1_score,
     recall_score,
     roc_auc_score,
+    roc_curve,
 )
 
 from histo_exp.data.index import index
@@ -74,6 +75,37 @@ def test_bootstrap_resamples_whole_patients(scores):
     # patches would also draw mixes such as (a0, b0, a1, a1) with AUC 0.5.
     offset = Scores(np.array([0, 1, 0, 1]), np.array([0.1, 0.2, 0.8, 0.9]), np.array(["a", "a", "b", "b"]))
     assert bootstrap_by_patient(offset, 0.5, n=200, seed=0)["auc"] == (0.75, 1.0)
+
+
+def test_the_f1_interval_spans_the_f1_of_whole_patient_resamples():
+    """Two patients: a resample is {a, a}, {a, b} or {b, b}, so the 95% interval of 400 draws runs from the
+    lowest to the highest F1 (scikit-learn's) of those three; F1 differs from precision and recall in each."""
+    y_a, p_a = np.array([0, 1, 1, 0, 1]), np.array([0.6, 0.7, 0.2, 0.1, 0.9])
+    y_b, p_b = np.array([1, 0, 0, 1, 0, 0]), np.array([0.8, 0.55, 0.3, 0.4, 0.2, 0.7])
+    scores = Scores(np.concatenate([y_a, y_b]), np.concatenate([p_a, p_b]), np.array(["a"] * 5 + ["b"] * 6))
+    f1s = [f1_score(y, p >= 0.5) for y, p in ((y_a, p_a), (np.r_[y_a, y_b], np.r_[p_a, p_b]), (y_b, p_b))]
+    aucs = [roc_auc_score(y, p) for y, p in ((y_a, p_a), (np.r_[y_a, y_b], np.r_[p_a, p_b]), (y_b, p_b))]
+    ci = bootstrap_by_patient(scores, 0.5, n=400, seed=0)
+    assert ci["f1"] == pytest.approx((min(f1s), max(f1s)))
+    assert ci["auc"] == pytest.approx((min(aucs), max(aucs)))
+    narrower = bootstrap_by_patient(scores, 0.5, n=400, seed=0, level=0.2)  # the middle 20%: the {a, b} draws
+    assert narrower["f1"] == pytest.approx((f1s[1], f1s[1]))
+
+
+def test_a_patch_at_the_threshold_is_called_idc_as_roc_curve_counts_it():
+    """scikit-learn's ROC points call a score >= the threshold positive; the metrics at a chosen threshold must
+    be that point's, or the reported sensitivity is not the one the threshold was chosen for."""
+    y = np.array([0, 0, 1, 0, 1, 1])
+    p = np.array([0.1, 0.4, 0.4, 0.7, 0.7, 0.9])
+    m = binary_metrics(y, p, 0.4)  # by hand: called IDC = the five at 0.4 or above
+    assert (m["sensitivity"], m["specificity"], m["accuracy"]) == pytest.approx((3 / 3, 1 / 3, 4 / 6))
+    fpr, tpr, thresholds = roc_curve(y, p)
+    for t, expected_tpr, expected_fpr in zip(thresholds[1:], tpr[1:], fpr[1:], strict=True):
+        at = binary_metrics(y, p, float(t))
+        assert (at["sensitivity"], 1 - at["specificity"]) == pytest.approx((expected_tpr, expected_fpr))
+    youden = choose_threshold(y, p, "youden")
+    best = int(np.argmax(tpr - fpr))
+    assert youden == pytest.approx(thresholds[best])
 
 
 def test_plots_are_non_empty_pngs_of_sane_size(scores, tmp_path):
