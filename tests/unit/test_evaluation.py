@@ -20,9 +20,12 @@ from histo_exp.evaluation.metrics import (
     binary_metrics,
     bootstrap_by_patient,
     choose_threshold,
+    metrics_table,
     rank_auc,
 )
 from histo_exp.evaluation.plots import plot_confusion, plot_history, plot_pr, plot_roc, plot_trials
+
+from helpers import REPO
 
 
 @pytest.fixture
@@ -80,7 +83,7 @@ def test_bootstrap_resamples_whole_patients(scores):
 def test_the_f1_interval_spans_the_f1_of_whole_patient_resamples():
     """Two patients: a resample is {a, a}, {a, b} or {b, b}, so the 95% interval of 400 draws runs from the
     lowest to the highest F1 (scikit-learn's) of those three; F1 differs from precision and recall in each."""
-    y_a, p_a = np.array([0, 1, 1, 0, 1]), np.array([0.6, 0.7, 0.2, 0.1, 0.9])
+    y_a, p_a = np.array([0, 1, 1, 0, 1]), np.array([0.6, 0.5, 0.2, 0.1, 0.9])  # 0.5: at the threshold, IDC
     y_b, p_b = np.array([1, 0, 0, 1, 0, 0]), np.array([0.8, 0.55, 0.3, 0.4, 0.2, 0.7])
     scores = Scores(np.concatenate([y_a, y_b]), np.concatenate([p_a, p_b]), np.array(["a"] * 5 + ["b"] * 6))
     f1s = [f1_score(y, p >= 0.5) for y, p in ((y_a, p_a), (np.r_[y_a, y_b], np.r_[p_a, p_b]), (y_b, p_b))]
@@ -90,6 +93,38 @@ def test_the_f1_interval_spans_the_f1_of_whole_patient_resamples():
     assert ci["auc"] == pytest.approx((min(aucs), max(aucs)))
     narrower = bootstrap_by_patient(scores, 0.5, n=400, seed=0, level=0.2)  # the middle 20%: the {a, b} draws
     assert narrower["f1"] == pytest.approx((f1s[1], f1s[1]))
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_the_f1_threshold_gives_the_best_f1_of_every_cut(seed):
+    """On small cohorts with ties, scored against scikit-learn's F1 at every distinct score."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, 30)
+    y[:2] = (0, 1)
+    p = np.round(np.clip(0.25 * y + rng.random(30) * 0.75, 0, 1), 1)
+    best = max(f1_score(y, p >= t) for t in np.unique(p))
+    assert f1_score(y, p >= choose_threshold(y, p, "f1")) == pytest.approx(best)
+
+
+def test_threshold_choices_at_the_edges_stay_probabilities_and_reach_the_highest_score():
+    # Only the highest score is IDC: the F1 cut is that score (the last cut precision_recall_curve gives).
+    assert choose_threshold(np.array([0, 0, 1]), np.array([0.1, 0.2, 0.9]), "f1") == pytest.approx(0.9)
+    # 2 IDC patches in 20, ranked 3rd and 9th: the best F1 (0.40, 1 caught with 2 false alarms) is a cut where
+    # precision + recall < 1, above the cut that catches both (F1 0.36): a low-prevalence slide's case.
+    y = np.array([0, 0, 1, 0, 0, 0, 0, 0, 1] + [0] * 11)
+    p = np.linspace(0.95, 0.0, 20)
+    assert choose_threshold(y, p, "f1") == pytest.approx(p[2])
+    assert f1_score(y, p >= p[2]) == pytest.approx(0.4) and f1_score(y, p >= p[8]) == pytest.approx(4 / 11)
+    # A scorer that ranks every patch the wrong way: no cut beats calling nothing IDC, which Youden's
+    # index says as roc_curve's infinite first threshold, reported as 1.0 (a probability, not inf).
+    assert choose_threshold(np.array([1, 0]), np.array([0.2, 0.8]), "youden") == 1.0
+
+
+def test_sensitivity_and_specificity_of_a_single_patch_of_a_class():
+    m = binary_metrics(np.array([1, 0, 0]), np.array([0.9, 0.2, 0.7]), 0.5)
+    assert (m["sensitivity"], m["specificity"]) == pytest.approx((1.0, 0.5))
+    m = binary_metrics(np.array([0, 1, 1]), np.array([0.1, 0.8, 0.3]), 0.5)
+    assert (m["sensitivity"], m["specificity"]) == pytest.approx((0.5, 1.0))
 
 
 def test_a_patch_at_the_threshold_is_called_idc_as_roc_curve_counts_it():
@@ -106,6 +141,32 @@ def test_a_patch_at_the_threshold_is_called_idc_as_roc_curve_counts_it():
     youden = choose_threshold(y, p, "youden")
     best = int(np.argmax(tpr - fpr))
     assert youden == pytest.approx(thresholds[best])
+
+
+def test_the_end_of_run_table_is_the_one_the_readme_shows():
+    """README.md's example table is the reference: the same numbers give the same text, line for line."""
+    readme = (REPO / "README.md").read_text()
+    shown = readme[readme.index("decision threshold 0.197"):readme.index("[20:56:46][INFO] outputs")].rstrip()
+    rows = {line.split()[0]: line.split()[1:] for line in shown.splitlines()[2:]}
+    val = {name: float(cells[0]) for name, cells in rows.items()}
+    test = {name: float(cells[1]) for name, cells in rows.items()}
+    ci = {name: (float(cells[2].strip("[,")), float(cells[3].strip("]"))) for name, cells in rows.items() if len(cells) > 2}
+    assert set(ci) == {"auc", "f1"}
+    assert metrics_table(val, test, ci, 0.197, "youden", 4) == shown
+    assert metrics_table(val, None, {}, 0.5, 0.5, 0).splitlines()[:3] == [
+        "decision threshold 0.500 (eval.threshold=0.5, chosen on validation)",
+        "metric                 val   (no test patients: data.test_fraction=0)",
+        "auc                 0.9487"]
+    wide = metrics_table(val, test, ci, 0.197, "youden", 12).splitlines()[1]
+    assert wide == "metric                 val    test   test 95% CI (by patient)"  # 10 patients or more: no caveat
+    three = {"auc": 0.9, "pr_auc": 0.8, "f1": 0.7, "balanced_accuracy": 0.6, "accuracy": 0.5, "auc_a": 0.91,
+             "auc_b c": 0.25}
+    assert metrics_table(three, None, {}, None, "youden", 0, ("a", "b c")).splitlines() == [
+        "decision: the most probable of 2 classes; auc and pr_auc are macro one-vs-rest means",
+        "metric                 val   (no test patients: data.test_fraction=0)",
+        "auc                 0.9000", "pr_auc              0.8000", "f1                  0.7000",
+        "balanced_accuracy   0.6000", "accuracy            0.5000", "auc_a               0.9100",
+        "auc_b c             0.2500"]
 
 
 def test_plots_are_non_empty_pngs_of_sane_size(scores, tmp_path):
