@@ -232,3 +232,14 @@ def test_a_split_that_cannot_be_drawn_in_the_attempts_allowed_is_one_error_namin
                               "data.test_fraction")
     monkeypatch.setattr(splitting, "ATTEMPTS", 4)
     assert split_by_patient(labels, patients, 0.25, 0.25, seed=42).test.size
+
+
+@pytest.mark.parametrize(("val_fraction", "test_fraction", "sizes"), [(0.2, 0.2, (12, 4, 4)), (0.25, 0.5, (5, 5, 10)),
+                                                                      (0.2, 0.0, (16, 4, 0))])
+def test_each_part_holds_its_fraction_of_equal_patients(val_fraction, test_fraction, sizes):
+    """20 patients of 10 patches, 3 of them IDC each: the fractions are of patients, counted by hand (README's
+    synthetic default: 12 / 4 / 4)."""
+    labels = np.tile([1, 1, 1, 0, 0, 0, 0, 0, 0, 0], 20).astype(np.int8)
+    patients = np.repeat([f"p{k:02d}" for k in range(20)], 10)
+    split = split_by_patient(labels, patients, val_fraction, test_fraction, seed=5)
+    assert tuple(np.unique(patients[getattr(split, part)]).size for part in PARTS) == sizes
