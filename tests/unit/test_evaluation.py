@@ -157,7 +157,7 @@ def test_the_end_of_run_table_is_the_one_the_readme_shows():
         "decision threshold 0.500 (eval.threshold=0.5, chosen on validation)",
         "metric                 val   (no test patients: data.test_fraction=0)",
         "auc                 0.9487"]
-    wide = metrics_table(val, test, ci, 0.197, "youden", 12).splitlines()[1]
+    wide = metrics_table(val, test, ci, 0.197, "youden", 10).splitlines()[1]
     assert wide == "metric                 val    test   test 95% CI (by patient)"  # 10 patients or more: no caveat
     three = {"auc": 0.9, "pr_auc": 0.8, "f1": 0.7, "balanced_accuracy": 0.6, "accuracy": 0.5, "auc_a": 0.91,
              "auc_b c": 0.25}

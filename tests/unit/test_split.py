@@ -243,3 +243,20 @@ def test_each_part_holds_its_fraction_of_equal_patients(val_fraction, test_fract
     patients = np.repeat([f"p{k:02d}" for k in range(20)], 10)
     split = split_by_patient(labels, patients, val_fraction, test_fraction, seed=5)
     assert tuple(np.unique(patients[getattr(split, part)]).size for part in PARTS) == sizes
+
+
+def test_patient_folds_are_the_seeds_own_and_a_cap_of_exactly_k_keeps_k_folds(caplog):
+    """The same seed gives the same folds (a resumed search scores trials on the folds it began with); another
+    seed other folds. Three sites each hold every class here: three folds are allowed, with no warning."""
+    labels, patients, sites = cohort(sites=10)
+    rows = np.arange(labels.size)
+    folds = patient_folds(labels, patients, rows, 3, seed=4)
+    again = patient_folds(labels, patients, rows, 3, seed=4)
+    other = patient_folds(labels, patients, rows, 3, seed=5)
+    assert all(np.array_equal(a, b) for f, g in zip(folds, again, strict=True) for a, b in zip(f, g, strict=True))
+    assert any(not np.array_equal(f[1], g[1]) for f, g in zip(folds, other, strict=True))
+    three = np.repeat([0, 1, 2], 4).astype(np.int8)
+    groups = np.tile(["a", "b", "c", "d"], 3)
+    with caplog.at_level(logging.WARNING):
+        capped = patient_folds(three, groups, np.arange(12), 4, seed=0, classes=CLASSES)
+    assert len(capped) == 4 and not caplog.text  # each of the 4 patients holds all 3 classes: k == cap is fine
