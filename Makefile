@@ -44,7 +44,7 @@ browser: ## install Debian's chromium for the MLflow UI browser test (if missing
 	scripts/install-browser.sh
 
 screenshot: $(STAMP) browser ## refresh docs/mlflow-ui.png (the README's MLflow UI picture) from the browser test
-	HISTO_EXP_SCREENSHOT=$(CURDIR)/docs/mlflow-ui.png $(BIN)/python -m pytest tests/test_server.py -k ui
+	HISTO_EXP_SCREENSHOT=$(CURDIR)/docs/mlflow-ui.png $(BIN)/python -m pytest tests/e2e/test_server.py -k ui
 
 # mutmut copies the package's .py files into mutants/, not the conf/ link the tests compose configs from.
 mutation: $(STAMP) ## mutation testing of the code that computes results (mutmut, [tool.mutmut]; not in CI: see docs/development.md) [ARGS=...]
