@@ -243,6 +243,9 @@ def test_each_part_holds_its_fraction_of_equal_patients(val_fraction, test_fract
     patients = np.repeat([f"p{k:02d}" for k in range(20)], 10)
     split = split_by_patient(labels, patients, val_fraction, test_fraction, seed=5)
     assert tuple(np.unique(patients[getattr(split, part)]).size for part in PARTS) == sizes
+    again, other = (split_by_patient(labels, patients, val_fraction, test_fraction, seed=s) for s in (5, 6))
+    assert all(np.array_equal(getattr(split, part), getattr(again, part)) for part in PARTS)  # the seed's own
+    assert not np.array_equal(split.val, other.val)
 
 
 def test_patient_folds_are_the_seeds_own_and_a_cap_of_exactly_k_keeps_k_folds(caplog):
@@ -260,3 +263,14 @@ def test_patient_folds_are_the_seeds_own_and_a_cap_of_exactly_k_keeps_k_folds(ca
     with caplog.at_level(logging.WARNING):
         capped = patient_folds(three, groups, np.arange(12), 4, seed=0, classes=CLASSES)
     assert len(capped) == 4 and not caplog.text  # each of the 4 patients holds all 3 classes: k == cap is fine
+
+
+def test_an_attempt_where_no_fold_holds_both_classes_is_drawn_again():
+    """Five patients: at seed 42 one of the draws has no fold whose held-out patients hold both classes (found by
+    drawing small cohorts); that draw is discarded like any other that misses a class, never an error."""
+    cohort_ = {"p0": [0, 1, 0], "p1": [1, 1, 1, 1], "p2": [1, 0, 1], "p3": [0, 0, 0, 0], "p4": [0, 0, 0, 0, 0]}
+    labels = np.array([y for ys in cohort_.values() for y in ys], dtype=np.int8)
+    patients = np.array([p for p, ys in cohort_.items() for _ in ys])
+    split = split_by_patient(labels, patients, 0.25, 0.25, seed=42)
+    for part in PARTS:
+        assert set(labels[getattr(split, part)].tolist()) == {0, 1}, part
