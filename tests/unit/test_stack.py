@@ -4,17 +4,13 @@ from __future__ import annotations
 
 import json
 import platform
-import re
 import subprocess
 import sys
 
 import pytest
+from packaging.utils import canonicalize_name as normalize
 
 from histo_exp import stack
-
-
-def normalize(name: str) -> str:
-    return re.sub(r"[-_.]+", "-", name).lower()
 
 
 @pytest.fixture(scope="module")
